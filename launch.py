@@ -20,6 +20,31 @@ flags.DEFINE_string("workdir", None, "Folder for config.json, metrics.jsonl and 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def one_line(text: str) -> str:
+    return " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a one-line error instead of a traceback for bad flags."""
+    try:
+        remaining = FLAGS(argv)
+        FLAGS.config.keys()  # a config file that failed to load reports it on first use
+        return remaining
+    except flags.Error as e:  # bad value, missing required flag, unknown flag
+        message = str(e)
+    except (KeyError, AttributeError) as e:  # an override names a field the config lacks
+        text = one_line(str(e)).strip("'\"")
+        field = text.split("'")[0].split()[0]
+        culprit = next((a for a in argv if a.startswith("--config.") and field in a), "")
+        hint = text[text.find("Did you mean"):] if "Did you mean" in text else ""
+        message = f"{culprit.split('=')[0]}: no such config field {hint}".strip()
+    except Exception as e:  # the config file itself failed to load: report the first cause
+        while e.__cause__ is not None or e.__context__ is not None:
+            e = e.__cause__ or e.__context__
+        message = f"--config: {type(e).__name__}: {one_line(str(e))}"
+    sys.exit(f"flaxdigits: error: {message}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -38,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
