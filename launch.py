@@ -6,12 +6,13 @@ Thin on purpose: the work is done by library functions that take a ConfigDict, s
 and notebooks call them directly.
 """
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flaxdigits.errors import FlaxDigitsError
+from flaxdigits.errors import FlaxDigitsError, RunStopped
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -45,13 +46,27 @@ def parse_flags(argv):
     sys.exit(f"flaxdigits: error: {message}")
 
 
+def quiet_orbax(record) -> bool:
+    """Orbax logs every save and close at INFO; keep its warnings and errors only, less the
+    one about checkpoints saved between epochs, which have no validation metric by design."""
+    if "/orbax/" not in record.pathname:
+        return True
+    return (record.levelno >= std_logging.WARNING
+            and not str(record.msg).startswith("Requested `tracked_metric`"))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(quiet_orbax)
     from flaxdigits import train  # after flag parsing: --help stays fast
 
     try:
         final = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except RunStopped as e:
+        logging.flush()
+        print(f"flaxdigits: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except FlaxDigitsError as e:
         logging.flush()
         sys.exit(f"flaxdigits: error: {e}")

@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 128  # training examples per step
     config.eval_batch_size = 1000  # fixed evaluation batch; the last one is padded and masked
     config.log_every_steps = 100  # training loss/accuracy and speed logged this often
+    config.checkpoint_every_steps = 0  # save this often (and at each epoch end); 0 = per epoch
+    config.keep_checkpoints = 3  # most recent checkpoints kept, plus the best by validation
 
     config.data = ml_collections.ConfigDict()
     # 'files': the folder `dir` (MNIST IDX files or Kaggle CSVs), or, with no `dir`, MNIST

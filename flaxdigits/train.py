@@ -9,6 +9,8 @@ import json
 import logging
 import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Optional
 
@@ -19,9 +21,10 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from flaxdigits import checkpoint as checkpoint_lib
 from flaxdigits import data as data_lib
 from flaxdigits import models
-from flaxdigits.errors import FlaxDigitsError
+from flaxdigits.errors import FlaxDigitsError, RunStopped
 
 TrainState = train_state.TrainState
 Batch = dict[str, Any]
@@ -135,11 +138,21 @@ def is_time(step: int, every: int) -> bool:
 
 
 class MetricWriter:
-    """One JSON object per line in `path`, flushed at once so a crash loses nothing."""
+    """One JSON object per line in `path`, flushed at once so a crash loses nothing.
 
-    def __init__(self, path: pathlib.Path):
+    A resumed run first drops the records after its checkpoint (and any final record), so
+    the file ends up as an uninterrupted run would have written it.
+    """
+
+    def __init__(self, path: pathlib.Path, resume_step: int = 0):
         self.path = path
-        self.path.write_text("")
+        kept = []
+        if resume_step and path.is_file():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("step", 0) <= resume_step and not record.get("final"):
+                    kept.append(line + "\n")
+        self.path.write_text("".join(kept))
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -167,17 +180,50 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def host_metrics(pending: list, first_step: int) -> dict[str, np.ndarray]:
+def host_metrics(pending: list, first_step: int) -> dict[str, list[float]]:
     """Pulls per-step device metrics to the host; stops the run at a non-finite loss."""
     pending = jax.device_get(pending)
-    losses = np.array([float(m["loss"]) for m in pending])
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if len(bad):
-        raise FlaxDigitsError(
-            f"training diverged: loss is {losses[bad[0]]} at step {first_step + bad[0] + 1}; "
-            f"try a lower config.optim.learning_rate")
-    accuracies = np.array([float(m["accuracy"]) for m in pending])
-    return {"loss": losses, "accuracy": accuracies}
+    losses = [float(m["loss"]) for m in pending]
+    for offset, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            raise FlaxDigitsError(
+                f"training diverged: loss is {loss} at step {first_step + offset + 1}; "
+                f"try a lower config.optim.learning_rate")
+    return {"loss": losses, "accuracy": [float(m["accuracy"]) for m in pending]}
+
+
+def new_loop_state() -> dict:
+    """Host-side bookkeeping that a checkpoint carries along with the TrainState.
+
+    Per-step values, not running sums: a run resumed anywhere then averages exactly the same
+    numbers in the same order as an uninterrupted one.
+    """
+    return {"window": {"loss": [], "accuracy": []}, "epoch": {"loss": [], "accuracy": []}}
+
+
+class StopSignals:
+    """Within `with`, SIGTERM and SIGINT ask the loop to stop after the current step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.received is None:
+            logging.warning("%s received: stopping after this step, with a checkpoint",
+                            signal.Signals(signum).name)
+        self.received = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals need the main one
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def epoch_order(key: jax.Array, epoch: int, size: int) -> np.ndarray:
@@ -189,15 +235,29 @@ def epoch_order(key: jax.Array, epoch: int, size: int) -> np.ndarray:
 # The run
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
+                       stop_at_step: Optional[int] = None) -> dict:
     """Trains `config.num_epochs` epochs, validating after each; tests at the end.
 
-    Writes `workdir/config.json` and `workdir/metrics.jsonl`; returns the final metrics
-    (`test_accuracy` and `test_loss` where the data has a labelled test split).
+    Writes `workdir/config.json`, `workdir/metrics.jsonl` and `workdir/checkpoints/`; resumes
+    from the latest checkpoint if there is one. Returns the final metrics (`test_accuracy`
+    and `test_loss` where the data has a labelled test split). SIGTERM or SIGINT stops the
+    run after the current step with a checkpoint (raising RunStopped); so does
+    `stop_at_step` (returning {'stopped_at_step': step}), for tests and time-boxed sessions.
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    checkpoints = checkpoint_lib.Checkpoints(workdir, config.keep_checkpoints)
+    try:
+        return _train_and_evaluate(config, workdir, checkpoints, stop_at_step)
+    finally:
+        checkpoints.close()  # waits for a save still being written
+
+
+def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
+    if checkpoints.steps():
+        checkpoint_lib.check_resumable(workdir, config)
+    (workdir / checkpoint_lib.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + "\n")
     logging.info("Config:\n%s", config)
     logging.info("JAX devices: %s", jax.devices())
 
@@ -213,6 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     if config.num_epochs < 1:
         raise FlaxDigitsError(f"config.num_epochs={config.num_epochs} must be at least 1")
     total_steps = config.num_epochs * steps_per_epoch
+    checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
 
     init_key, shuffle_key = jax.random.split(jax.random.key(config.seed))
     model = create_model(config.model)
@@ -220,65 +281,102 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     logging.info("Model %s: %d parameters", config.model.name, models.count_params(
         {"params": state.params}))
 
-    writer = MetricWriter(workdir / "metrics.jsonl")
-    progress = Progress(total_steps)
+    loop, start_step = new_loop_state(), 0
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+        state, loop, start_step = restored
+        logging.info("resumed from step %d (%s)", start_step, checkpoints.directory)
+    if start_step >= total_steps:
+        logging.info("This run already finished at step %d: re-reporting, not retraining",
+                      start_step)
+
+    writer = MetricWriter(workdir / "metrics.jsonl", resume_step=start_step)
+    progress = Progress(total_steps, start_step)
     start_time = time.monotonic()
-    pending, pending_first_step = [], 0  # device metrics not yet pulled to the host
-    epoch_sums = {"loss": 0.0, "accuracy": 0.0}
-    logging.info("Training %d epochs x %d steps of %d examples", config.num_epochs,
-                 steps_per_epoch, config.batch_size)
+    pending = []  # device metrics of the steps after `flushed_step`, not yet on the host
+    flushed_step = start_step
 
-    order = None
-    for step in range(total_steps):
-        epoch, index_in_epoch = divmod(step, steps_per_epoch)
-        if index_in_epoch == 0:
-            order = epoch_order(shuffle_key, epoch, len(train))
-        rows = order[index_in_epoch * config.batch_size:(index_in_epoch + 1) * config.batch_size]
-        state, metrics = train_step(state, {"image": train.images[rows],
-                                            "label": train.labels[rows]})
-        pending.append(metrics)
+    def flush(done):
+        nonlocal pending, flushed_step
+        window = host_metrics(pending, flushed_step)
+        pending, flushed_step = [], done
+        for part in ("window", "epoch"):
+            for name in ("loss", "accuracy"):
+                loop[part][name] += window[name]
 
-        done = step + 1
-        end_of_epoch = done % steps_per_epoch == 0
-        if not (is_time(done, config.log_every_steps) or end_of_epoch):
-            continue
-        window = host_metrics(pending, pending_first_step)
-        pending, pending_first_step = [], done
-        for name in epoch_sums:
-            epoch_sums[name] += float(window[name].sum())
-        rate, eta = progress.report(done)
-        if is_time(done, config.log_every_steps):
-            record = {"step": done, "train_loss": float(window["loss"].mean()),
-                      "train_accuracy": float(window["accuracy"].mean()),
-                      "steps_per_second": rate}
-            writer.write(record)
-            logging.info("step %d/%d: loss %.4f, accuracy %.4f, %.1f steps/s, ETA %s", done,
-                         total_steps, record["train_loss"], record["train_accuracy"], rate,
-                         format_seconds(eta))
-        if end_of_epoch:
-            record = {"step": done, "epoch": epoch + 1,
-                      "train_loss": epoch_sums["loss"] / steps_per_epoch,
-                      "train_accuracy": epoch_sums["accuracy"] / steps_per_epoch}
-            epoch_sums = {"loss": 0.0, "accuracy": 0.0}
-            if dataset.validation is not None:
-                val = evaluate(state, dataset.validation, config.eval_batch_size)
-                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-            record["elapsed_seconds"] = time.monotonic() - start_time
-            writer.write(record)
-            logging.info("epoch %d/%d: %s, ETA %s", epoch + 1, config.num_epochs,
-                         ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                                   if k.startswith(("train_", "val_"))), format_seconds(eta))
-            # The rate just reported included validation; measure the next window afresh.
-            progress = Progress(total_steps, done)
+    order, order_epoch = None, None
+    with StopSignals() as stop:
+        for step in range(start_step, total_steps):
+            epoch, index_in_epoch = divmod(step, steps_per_epoch)
+            if order_epoch != epoch:
+                order, order_epoch = epoch_order(shuffle_key, epoch, len(train)), epoch
+            rows = order[index_in_epoch * config.batch_size:
+                         (index_in_epoch + 1) * config.batch_size]
+            state, metrics = train_step(state, {"image": train.images[rows],
+                                                "label": train.labels[rows]})
+            pending.append(metrics)
 
-    final = {"step": total_steps, "train_seconds": time.monotonic() - start_time}
-    if dataset.validation is not None:  # the last epoch's figures: the weights are the same
-        final.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            done = step + 1
+            log_now = is_time(done, config.log_every_steps)
+            end_of_epoch = done % steps_per_epoch == 0
+            stopping = stop.received is not None or done == stop_at_step
+            save_now = is_time(done, checkpoint_every) or end_of_epoch or stopping
+            if not (log_now or end_of_epoch or save_now):
+                continue
+            flush(done)
+            rate, eta = None, None
+            if log_now or end_of_epoch:
+                rate, eta = progress.report(done)
+            if log_now:
+                window = loop["window"]
+                record = {"step": done, "train_loss": float(np.mean(window["loss"])),
+                          "train_accuracy": float(np.mean(window["accuracy"])),
+                          "steps_per_second": rate}
+                loop["window"] = {"loss": [], "accuracy": []}
+                writer.write(record)
+                logging.info("step %d/%d: loss %.4f, accuracy %.4f, %.1f steps/s, ETA %s",
+                             done, total_steps, record["train_loss"],
+                             record["train_accuracy"], rate, format_seconds(eta))
+            val_accuracy = None
+            if end_of_epoch:
+                record = {"step": done, "epoch": epoch + 1,
+                          "train_loss": float(np.mean(loop["epoch"]["loss"])),
+                          "train_accuracy": float(np.mean(loop["epoch"]["accuracy"]))}
+                loop["epoch"] = {"loss": [], "accuracy": []}
+                if dataset.validation is not None:
+                    val = evaluate(state, dataset.validation, config.eval_batch_size)
+                    record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                    val_accuracy = val["accuracy"]
+                record["elapsed_seconds"] = time.monotonic() - start_time
+                writer.write(record)
+                logging.info("epoch %d/%d: %s, ETA %s", epoch + 1, config.num_epochs,
+                             ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                       if k.startswith(("train_", "val_"))),
+                             format_seconds(eta))
+                # The rate just reported included validation; measure the next window afresh.
+                progress = Progress(total_steps, done)
+            if save_now:
+                checkpoints.save(done, state, loop, val_accuracy)
+            if stopping:
+                checkpoints.wait()
+                if stop.received is not None:
+                    name = signal.Signals(stop.received).name
+                    raise RunStopped(
+                        f"stopped by {name} at step {done}/{total_steps}; checkpoint saved in "
+                        f"{checkpoints.directory}; run the same command to resume",
+                        stop.received)
+                logging.info("Stopped at step %d as asked; checkpoint saved", done)
+                return {"stopped_at_step": done}
+
+    final = {"step": total_steps, "final": True,
+             "train_seconds": time.monotonic() - start_time}
+    for name, split in (("val", dataset.validation), ("test", dataset.test)):
+        if split is not None:
+            result = evaluate(state, split, config.eval_batch_size)
+            final.update({f"{name}_loss": result["loss"], f"{name}_accuracy": result["accuracy"]})
     if dataset.test is not None:
-        test = evaluate(state, dataset.test, config.eval_batch_size)
-        final.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
-        logging.info("Test: loss %.4f, accuracy %.4f over %d examples", test["loss"],
-                     test["accuracy"], test["count"])
+        logging.info("Test: loss %.4f, accuracy %.4f over %d examples", final["test_loss"],
+                     final["test_accuracy"], len(dataset.test))
     else:
         logging.info("No labelled test split in %s", dataset.source)
     writer.write(final)

@@ -1,0 +1,177 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from flaxdigits import checkpoint as checkpoint_lib
+from flaxdigits import train
+from flaxdigits.errors import FlaxDigitsError
+from tests import helpers
+
+TIMING = ("steps_per_second", "elapsed_seconds", "train_seconds")
+
+
+def run_config(data_dir, **overrides):
+    settings = {"data.dir": str(data_dir), "num_epochs": 2, "log_every_steps": 4,
+                "checkpoint_every_steps": 3, "optim.learning_rate": 1e-2}
+    settings.update(overrides)
+    return helpers.tiny_config(**settings)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return helpers.write_idx_folder(tmp_path_factory.mktemp("data"), 400, 100)
+
+
+def metrics_without_timing(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in lines]
+
+
+def final_params(workdir):
+    _, variables, _ = checkpoint_lib.load(workdir, which="latest")
+    return variables["params"]
+
+
+def assert_identical(params_a, params_b):
+    leaves_a, tree_a = jax.tree_util.tree_flatten(params_a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(params_b)
+    assert tree_a == tree_b
+    for a, b in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(a, b)  # bit-identical, not merely close
+
+
+def test_interrupted_twice_ends_exactly_like_uninterrupted(tmp_path, data_dir):
+    config = run_config(data_dir)
+    reference = train.train_and_evaluate(config, tmp_path / "straight")
+
+    work = tmp_path / "interrupted"
+    assert train.train_and_evaluate(config, work, stop_at_step=5) == {"stopped_at_step": 5}
+    assert train.train_and_evaluate(config, work, stop_at_step=14) == {"stopped_at_step": 14}
+    resumed = train.train_and_evaluate(config, work)
+
+    assert resumed["test_accuracy"] == reference["test_accuracy"]
+    assert resumed["test_loss"] == reference["test_loss"]
+    assert_identical(final_params(work), final_params(tmp_path / "straight"))
+    assert metrics_without_timing(work) == metrics_without_timing(tmp_path / "straight")
+
+
+def test_finished_run_rereports_without_training(tmp_path, data_dir, caplog):
+    config = run_config(data_dir)
+    first = train.train_and_evaluate(config, tmp_path)
+    caplog.set_level("INFO")
+    second = train.train_and_evaluate(config, tmp_path)
+    assert "already finished at step 22" in caplog.text
+    assert second["test_accuracy"] == first["test_accuracy"]
+    assert metrics_without_timing(tmp_path)[-1] == {k: v for k, v in first.items()
+                                                    if k not in TIMING}
+    assert sum(1 for r in metrics_without_timing(tmp_path) if r.get("final")) == 1
+
+
+def test_mismatched_config_names_the_fields(tmp_path, data_dir):
+    train.train_and_evaluate(run_config(data_dir), tmp_path, stop_at_step=3)
+    wider = run_config(data_dir, **{"model.dense_features": 32, "optim.learning_rate": 1e-3})
+    with pytest.raises(FlaxDigitsError) as error:
+        train.train_and_evaluate(wider, tmp_path)
+    message = str(error.value)
+    assert "model.dense_features (saved 16, now 32)" in message
+    assert "optim.learning_rate (saved 0.01, now 0.001)" in message
+    assert "\n" not in message
+    # Bookkeeping fields may change on resume.
+    train.train_and_evaluate(run_config(data_dir, log_every_steps=7), tmp_path)
+
+
+def corrupt(step_dir):
+    for path in step_dir.rglob("*"):
+        if path.is_file() and "state" in path.parts:
+            path.write_bytes(b"garbage")
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, data_dir, caplog):
+    config = run_config(data_dir)
+    train.train_and_evaluate(config, tmp_path, stop_at_step=7)
+    steps = checkpoint_lib.Checkpoints(tmp_path, keep=3).steps()
+    assert steps == [3, 6, 7]
+    corrupt(tmp_path / "checkpoints" / "7")
+    caplog.set_level("INFO")
+    train.train_and_evaluate(config, tmp_path)
+    assert "Checkpoint" in caplog.text and "unreadable" in caplog.text
+    assert "resumed from step 6" in caplog.text
+    assert_identical(final_params(tmp_path), final_params(self_reference(tmp_path, config)))
+
+
+def self_reference(tmp_path, config):
+    straight = tmp_path.parent / (tmp_path.name + "-straight")
+    train.train_and_evaluate(config, straight)
+    return straight
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path, data_dir):
+    config = run_config(data_dir, keep_checkpoints=1)
+    train.train_and_evaluate(config, tmp_path, stop_at_step=4)
+    for step_dir in (tmp_path / "checkpoints").iterdir():
+        if step_dir.name.isdigit():
+            corrupt(step_dir)
+    with pytest.raises(FlaxDigitsError, match="no readable checkpoint .*step 4"):
+        train.train_and_evaluate(config, tmp_path)
+
+
+def test_keeps_latest_n_and_the_best(tmp_path, data_dir):
+    config = run_config(data_dir)
+    state = train.create_train_state(config, train.create_model(config.model),
+                                     jax.random.key(0), 10)
+    checkpoints = checkpoint_lib.Checkpoints(tmp_path, keep=2)
+    for step, val_accuracy in [(1, 0.5), (2, 0.9), (3, None), (4, 0.7), (5, None), (6, None)]:
+        checkpoints.save(step, state, {"step": step}, val_accuracy)
+    checkpoints.wait()
+    assert checkpoints.steps() == [2, 5, 6]
+    assert checkpoints.best_step() == 2
+    checkpoints.close()
+
+
+def test_load_for_inference(tmp_path, data_dir):
+    config = run_config(data_dir, num_epochs=3, checkpoint_every_steps=0)
+    train.train_and_evaluate(config, tmp_path)
+    model, variables, saved_config = checkpoint_lib.load(tmp_path)
+    assert saved_config.model.dense_features == 16 and saved_config.num_epochs == 3
+    epochs = [r for r in metrics_without_timing(tmp_path) if "epoch" in r]
+    best = max(epochs, key=lambda r: (r["val_accuracy"], r["step"]))
+    images, _ = helpers.synthetic_digits(10, seed=5)
+    logits = model.apply(variables, images[..., None] / np.float32(255))
+    assert logits.shape == (10, 10)
+    steps = checkpoint_lib.Checkpoints(tmp_path, keep=3, read_only=True)
+    assert steps.best_step() == best["step"]
+    steps.close()
+    with pytest.raises(FlaxDigitsError, match="no config.json"):
+        checkpoint_lib.load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_with_checkpoint_and_rerun_completes(tmp_path, data_dir, signum):
+    args = [sys.executable, "launch.py", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+            f"--config.data.dir={data_dir}", "--config.num_epochs=25",
+            "--config.log_every_steps=20", "--config.checkpoint_every_steps=1000"]
+    process = subprocess.Popen(args, cwd=helpers.REPO, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stderr:  # wait until training is under way
+        seen.append(line)
+        if "steps/s" in line:
+            break
+    process.send_signal(signum)
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 128 + signum, "".join(seen) + rest
+    name = signal.Signals(signum).name
+    assert f"flaxdigits: stopped by {name} at step" in rest and "Traceback" not in rest
+    stopped = int(rest.split(f"stopped by {name} at step ")[1].split("/")[0])
+    assert checkpoint_lib.Checkpoints(tmp_path, keep=3).steps()[-1] == stopped
+
+    result = subprocess.run(args, cwd=helpers.REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resumed from step {stopped}" in result.stderr
+    assert result.stdout.strip().startswith("test_accuracy=")
