@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "cnn"  # a key of flaxdigits.models.MODELS
     config.model.conv_features = (32, 64)  # channels of each conv 3x3 -> max-pool 2x2 block
     config.model.dense_features = 128  # width of the hidden dense layer
+    config.model.dropout_rate = 0.5  # dropout after the hidden dense layer, in training only
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3  # Adam's (peak) learning rate

@@ -16,4 +16,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 50
     config.model.conv_features = (4, 8)
     config.model.dense_features = 16
+    config.model.dropout_rate = 0.0
     return config

@@ -19,14 +19,16 @@ NUM_CLASSES = 10
 
 class CNN(nn.Module):
     """The seed's network: (conv 3x3 -> relu -> max-pool 2x2) per entry of `conv_features`,
-    then dense -> relu -> dense(num_classes). Returns logits; see `probabilities`."""
+    then dense -> relu -> [dropout] -> dense(num_classes). Returns logits; see
+    `probabilities`. Dropout acts only with `train=True`, which needs a 'dropout' rng."""
 
     conv_features: Sequence[int] = (32, 64)
     dense_features: int = 128
+    dropout_rate: float = 0.0
     num_classes: int = NUM_CLASSES
 
     @nn.compact
-    def __call__(self, images_bhwc: jax.Array) -> jax.Array:
+    def __call__(self, images_bhwc: jax.Array, train: bool = False) -> jax.Array:
         x = images_bhwc
         for features in self.conv_features:
             x = nn.Conv(features, kernel_size=(3, 3))(x)
@@ -34,6 +36,7 @@ class CNN(nn.Module):
             x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense_features)(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
 
 

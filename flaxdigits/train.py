@@ -40,14 +40,18 @@ def cross_entropy(logits_bk: jax.Array, labels_bk: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def train_step(state: TrainState, batch: Batch):
+def train_step(state: TrainState, batch: Batch, dropout_key: jax.Array):
     """One Adam step on batch {'image': (B, 28, 28, 1), 'label': one-hot (B, 10)}.
 
+    The step's randomness is `dropout_key` folded with the step number, so a resumed run
+    draws exactly the keys an uninterrupted one would, and no key needs checkpointing.
     Returns the new state and {'loss', 'accuracy'} of the batch, computed before the update.
     """
+    step_key = jax.random.fold_in(dropout_key, state.step)
 
     def loss_fn(params):
-        logits_bk = state.apply_fn({"params": params}, batch["image"])
+        logits_bk = state.apply_fn({"params": params}, batch["image"], train=True,
+                                   rngs={"dropout": step_key})
         return cross_entropy(logits_bk, batch["label"]).mean(), logits_bk
 
     (loss, logits_bk), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -275,7 +279,7 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
     total_steps = config.num_epochs * steps_per_epoch
     checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
 
-    init_key, shuffle_key = jax.random.split(jax.random.key(config.seed))
+    init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(config.seed), 3)
     model = create_model(config.model)
     state = create_train_state(config, model, init_key, total_steps)
     logging.info("Model %s: %d parameters", config.model.name, models.count_params(
@@ -313,7 +317,7 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
             rows = order[index_in_epoch * config.batch_size:
                          (index_in_epoch + 1) * config.batch_size]
             state, metrics = train_step(state, {"image": train.images[rows],
-                                                "label": train.labels[rows]})
+                                                "label": train.labels[rows]}, dropout_key)
             pending.append(metrics)
 
             done = step + 1

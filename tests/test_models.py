@@ -61,3 +61,16 @@ print(json.dumps({'heavy': heavy, 'new_flags': sorted(set(flags.FLAGS) - before)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"heavy": [], "new_flags": []}
+
+
+def test_dropout_acts_only_in_training():
+    model = CNN(dropout_rate=0.5)
+    variables = init(model)
+    images = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    eval_a = model.apply(variables, images)
+    np.testing.assert_array_equal(eval_a, model.apply(variables, images, train=False))
+    train_a = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(2)})
+    train_b = model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(3)})
+    assert not np.allclose(train_a, eval_a) and not np.allclose(train_a, train_b)
+    np.testing.assert_array_equal(
+        train_a, model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(2)}))

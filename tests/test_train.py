@@ -28,7 +28,7 @@ def test_loss_falls_on_a_fixed_batch():
     batch = {"image": split.images, "label": split.labels}
     losses = []
     for _ in range(30):
-        state, metrics = train.train_step(state, batch)
+        state, metrics = train.train_step(state, batch, jax.random.key(0))
         losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.5 * losses[0]
     assert int(state.step) == 30
@@ -139,3 +139,18 @@ def test_integration_real_mnist_reaches_98_percent(tmp_path):
         "model.dense_features": 64, "optim.learning_rate": 2e-3})
     final = train.train_and_evaluate(config, tmp_path)
     assert final["test_accuracy"] >= 0.98, final
+
+
+def test_dropout_key_is_folded_with_the_step():
+    config = helpers.tiny_config(**{"model.dropout_rate": 0.5})
+    split = synthetic_split(32)
+    batch = {"image": split.images, "label": split.labels}
+    key = jax.random.key(7)
+    # Same step and key: same update. The key used at step 1 differs from step 0's.
+    _, metrics_a = train.train_step(small_state(config), batch, key)
+    _, metrics_b = train.train_step(small_state(config), batch, key)
+    assert float(metrics_a["loss"]) == float(metrics_b["loss"])
+    state = small_state(config)
+    state = state.replace(step=state.step + 1)
+    _, metrics_shifted = train.train_step(state, batch, key)
+    assert float(metrics_shifted["loss"]) != float(metrics_a["loss"])
