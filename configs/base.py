@@ -2,8 +2,9 @@
 
     python launch.py --config=configs/base.py --workdir=runs/base
 
-Measured on the 2-core development CPU with --config.data.dir=../shared/data/mnist:
-MNIST test accuracy MEASURED_ACCURACY after 10 epochs, MEASURED_TIME wall time.
+Measured on the 2-core development CPU with --config.data.dir=../shared/data/mnist
+(2026-11-24): MNIST test accuracy 0.9925 after 10 epochs (seed 0), 10 min 17 s wall time for
+the whole process with the cores shared; about 1,100 training images/s.
 """
 
 import ml_collections

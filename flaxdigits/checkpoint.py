@@ -44,10 +44,12 @@ class Checkpoints:
                                       keep_checkpoints_without_metrics=False),
         ])
         # best_fn as well: without it orbax does not write the metrics to disk, and a
-        # restarted run would no longer know which checkpoint was the best.
+        # restarted run would no longer know which checkpoint was the best. No tmp-folder
+        # cleanup: orbax runs it in a thread that outlives a run stopping on bad input, and
+        # half-written (tmp) checkpoints are never listed as steps anyway.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, best_fn=lambda m: m["val_accuracy"], best_mode="max",
-            read_only=read_only, create=not read_only, cleanup_tmp_directories=not read_only)
+            read_only=read_only, create=not read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
