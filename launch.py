@@ -18,6 +18,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/base.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for config.json, metrics.jsonl and outputs.")
+flags.DEFINE_enum(
+    "mode", "train", ["train", "evaluate", "predict"],
+    "train: train (or resume) and report. evaluate: report.json and plots/ of the workdir's "
+    "best checkpoint on the config's data. predict: submission.csv for the Kaggle test.csv "
+    "in --config.data.dir.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -59,10 +64,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(quiet_orbax)
-    from flaxdigits import train  # after flag parsing: --help stays fast
-
     try:
-        final = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
     except RunStopped as e:
         logging.flush()
         print(f"flaxdigits: {e}", file=sys.stderr)
@@ -70,11 +73,22 @@ def main(argv):
     except FlaxDigitsError as e:
         logging.flush()
         sys.exit(f"flaxdigits: error: {e}")
-    if "test_accuracy" in final:
-        print(f"test_accuracy={final['test_accuracy']:.4f}")
+
+
+def run_mode(mode: str, config, workdir) -> str:
+    """Runs `mode`; returns the one line the launcher prints last."""
+    # Imported here, after flag parsing, so that --help and flag errors stay fast.
+    from flaxdigits import evaluate, train
+
+    if mode == "predict":
+        return f"submission={evaluate.predict_workdir(config, workdir)}"
+    if mode == "train":
+        report = train.train_and_evaluate(config, workdir)["report"]
     else:
-        print(f"validation_accuracy={final['val_accuracy']:.4f} "
-              f"(this data has no labelled test split)")
+        report = evaluate.evaluate_workdir(config, workdir)
+    if report["split"] == "test":
+        return f"test_accuracy={report['accuracy']:.4f}"
+    return f"validation_accuracy={report['accuracy']:.4f} (this data has no labelled test split)"
 
 
 if __name__ == "__main__":

@@ -84,8 +84,8 @@ def main():
     print(f"final restart: {resumed_lines[-1].split('] ')[-1] if resumed_lines else 'fresh'}")
 
     a, b = final_record(straight), final_record(killed)
-    _, params_a, _ = checkpoint_lib.load(straight, which="latest")
-    _, params_b, _ = checkpoint_lib.load(killed, which="latest")
+    params_a = checkpoint_lib.load(straight, which="latest").variables
+    params_b = checkpoint_lib.load(killed, which="latest").variables
     import jax
     identical = all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(params_a),
                                                           jax.tree_util.tree_leaves(params_b)))

@@ -10,7 +10,7 @@ previous checkpoint intact.
 import json
 import logging
 import pathlib
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -158,8 +158,17 @@ def check_resumable(workdir, config: ml_collections.ConfigDict) -> None:
             f"settings or use a new --workdir")
 
 
-def load(workdir, which: str = "best"):
-    """(model, variables, config) of a trained workdir, for inference.
+class Trained(NamedTuple):
+    """A trained model ready for inference: `model.apply(variables, images)`."""
+
+    model: Any  # a flax linen module
+    variables: dict  # {'params': ...}
+    config: ml_collections.ConfigDict  # the config the workdir was trained with
+    step: int  # the training step of the checkpoint
+
+
+def load(workdir, which: str = "best") -> Trained:
+    """The model of a trained workdir, for inference.
 
     `which`: 'best' (highest validation accuracy; the latest if none was validated) or
     'latest'. The config is the one the workdir was trained with.
@@ -167,7 +176,9 @@ def load(workdir, which: str = "best"):
     workdir = pathlib.Path(workdir)
     saved = read_config(workdir)
     if saved is None:
-        raise FlaxDigitsError(f"{workdir}: no {CONFIG_FILE}; is this a flaxdigits workdir?")
+        raise FlaxDigitsError(
+            f"{workdir}: no trained model here (no {CONFIG_FILE}); train one first with "
+            f"--mode=train")
     config = ml_collections.ConfigDict(saved)
     checkpoints = Checkpoints(workdir, keep=1, read_only=True)
     try:
@@ -177,8 +188,12 @@ def load(workdir, which: str = "best"):
         params = checkpoints.restore_params(step)
     finally:
         checkpoints.close()
+    logging.info("Loaded %s step %d (%s)", checkpoints.directory, step, which)
+    return Trained(model_from_config(config), {"params": jax.device_get(params)}, config, step)
+
+
+def model_from_config(config: ml_collections.ConfigDict):
+    """The linen module that `config.model` describes (JSON lists read back as tuples)."""
     kwargs = {k: tuple(v) if isinstance(v, list) else v
               for k, v in config.model.to_dict().items() if k != "name"}
-    model = models.create_model(config.model.name, **kwargs)
-    logging.info("Loaded %s step %d (%s)", checkpoints.directory, step, which)
-    return model, {"params": jax.device_get(params)}, config
+    return models.create_model(config.model.name, **kwargs)

@@ -23,6 +23,7 @@ from flax.training import train_state
 
 from flaxdigits import checkpoint as checkpoint_lib
 from flaxdigits import data as data_lib
+from flaxdigits import evaluate as evaluate_lib
 from flaxdigits import models
 from flaxdigits.errors import FlaxDigitsError, RunStopped
 
@@ -244,8 +245,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     """Trains `config.num_epochs` epochs, validating after each; tests at the end.
 
     Writes `workdir/config.json`, `workdir/metrics.jsonl` and `workdir/checkpoints/`; resumes
-    from the latest checkpoint if there is one. Returns the final metrics (`test_accuracy`
-    and `test_loss` where the data has a labelled test split). SIGTERM or SIGINT stops the
+    from the latest checkpoint if there is one. Returns the final metrics of the last step
+    (`test_accuracy` and `test_loss` where the data has a labelled test split) and, under
+    'report', the report of the best checkpoint (see `evaluate.write_report`). SIGTERM or SIGINT stops the
     run after the current step with a checkpoint (raising RunStopped); so does
     `stop_at_step` (returning {'stopped_at_step': step}), for tests and time-boxed sessions.
     """
@@ -384,4 +386,12 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
     else:
         logging.info("No labelled test split in %s", dataset.source)
     writer.write(final)
-    return final
+
+    # The run ends with the report of the model that --mode=evaluate and --mode=predict use:
+    # the checkpoint with the best validation accuracy (usually the last one).
+    checkpoints.wait()
+    best_step = checkpoints.best_step()
+    trained = checkpoint_lib.Trained(model, {"params": checkpoints.restore_params(best_step)},
+                                     config, best_step)
+    report = evaluate_lib.write_report(workdir, trained, dataset, config.eval_batch_size)
+    return {**final, "report": report}

@@ -67,3 +67,26 @@ def write_kaggle_folder(folder: pathlib.Path, train_count=300, test_count=50):
     test = kaggle_train_frame(test_count, seed=1).drop(columns="label")
     test.to_csv(folder / "test.csv", index=False)
     return folder
+
+
+def mnist_arrays():
+    """(train_images, train_labels, test_images, test_labels) of the real MNIST files, or a
+    skipped test where ../shared/data/mnist is absent."""
+    import pytest
+
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"{MNIST_DIR} is absent")
+    return data_lib.load_idx_folder(MNIST_DIR)
+
+
+def write_mnist_subset(folder: pathlib.Path, train_count: int, test_count: int):
+    """The first examples of real MNIST as an IDX folder: real digits, small enough to train
+    a tiny model in seconds."""
+    train_images, train_labels, test_images, test_labels = mnist_arrays()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in (("train-images-idx3-ubyte", train_images[:train_count]),
+                        ("train-labels-idx1-ubyte", train_labels[:train_count]),
+                        ("t10k-images-idx3-ubyte", test_images[:test_count]),
+                        ("t10k-labels-idx1-ubyte", test_labels[:test_count])):
+        (folder / name).write_bytes(data_lib.idx_bytes(array))
+    return folder

@@ -35,7 +35,7 @@ def metrics_without_timing(workdir):
 
 
 def final_params(workdir):
-    _, variables, _ = checkpoint_lib.load(workdir, which="latest")
+    variables = checkpoint_lib.load(workdir, which="latest").variables
     return variables["params"]
 
 
@@ -69,8 +69,9 @@ def test_finished_run_rereports_without_training(tmp_path, data_dir, caplog):
     second = train.train_and_evaluate(config, tmp_path)
     assert "already finished at step 22" in caplog.text
     assert second["test_accuracy"] == first["test_accuracy"]
+    assert second["report"] == first["report"]
     assert metrics_without_timing(tmp_path)[-1] == {k: v for k, v in first.items()
-                                                    if k not in TIMING}
+                                                    if k not in TIMING and k != "report"}
     assert sum(1 for r in metrics_without_timing(tmp_path) if r.get("final")) == 1
 
 
@@ -138,7 +139,7 @@ def test_keeps_latest_n_and_the_best(tmp_path, data_dir):
 def test_load_for_inference(tmp_path, data_dir):
     config = run_config(data_dir, num_epochs=3, checkpoint_every_steps=0)
     train.train_and_evaluate(config, tmp_path)
-    model, variables, saved_config = checkpoint_lib.load(tmp_path)
+    model, variables, saved_config, step = checkpoint_lib.load(tmp_path)
     assert saved_config.model.dense_features == 16 and saved_config.num_epochs == 3
     epochs = [r for r in metrics_without_timing(tmp_path) if "epoch" in r]
     best = max(epochs, key=lambda r: (r["val_accuracy"], r["step"]))
@@ -146,7 +147,7 @@ def test_load_for_inference(tmp_path, data_dir):
     logits = model.apply(variables, images[..., None] / np.float32(255))
     assert logits.shape == (10, 10)
     steps = checkpoint_lib.Checkpoints(tmp_path, keep=3, read_only=True)
-    assert steps.best_step() == best["step"]
+    assert steps.best_step() == best["step"] == step
     steps.close()
     with pytest.raises(FlaxDigitsError, match="no config.json"):
         checkpoint_lib.load(tmp_path / "nowhere")
