@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 100  # training loss/accuracy and speed logged this often
     config.checkpoint_every_steps = 0  # save this often (and at each epoch end); 0 = per epoch
     config.keep_checkpoints = 3  # most recent checkpoints kept, plus the best by validation
+    # Computation dtype: 'float32', or 'bfloat16' (parameters and optimizer stay float32;
+    # the loss is computed in float32). bfloat16 is what TPUs and recent GPUs are built for.
+    config.dtype = "float32"
 
     config.data = ml_collections.ConfigDict()
     # 'files': the folder `dir` (MNIST IDX files or Kaggle CSVs), or, with no `dir`, MNIST
@@ -38,5 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3  # Adam's (peak) learning rate
-    config.optim.schedule = "cosine"  # 'constant', or 'cosine' decay to 0 over the run
+    # 'constant'; 'cosine' decay to 0 over the run; 'one_cycle' (warm up for
+    # `warmup_fraction` of the run, then cosine-anneal)
+    config.optim.schedule = "cosine"
+    config.optim.warmup_fraction = 0.25  # used by 'one_cycle' only
     return config

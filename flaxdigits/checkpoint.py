@@ -13,6 +13,7 @@ import pathlib
 from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
@@ -99,11 +100,15 @@ class Checkpoints:
                 f"move the folder away to start afresh")
         return None
 
-    def restore_params(self, step: int):
-        """The raw parameter tree saved at `step`, for inference (no optimizer needed)."""
+    def restore_variables(self, step: int) -> dict:
+        """{'params': ..., and 'batch_stats': ... where the model has BatchNorm} saved at
+        `step`, as host arrays, for inference (no optimizer needed)."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore()))
-        return restored.state["params"]
+        variables = {"params": restored.state["params"]}
+        if restored.state.get("batch_stats"):
+            variables["batch_stats"] = restored.state["batch_stats"]
+        return jax.device_get(variables)
 
     def close(self) -> None:
         self.manager.wait_until_finished()
@@ -162,7 +167,7 @@ class Trained(NamedTuple):
     """A trained model ready for inference: `model.apply(variables, images)`."""
 
     model: Any  # a flax linen module
-    variables: dict  # {'params': ...}
+    variables: dict  # {'params': ...} (and 'batch_stats' for BatchNorm models)
     config: ml_collections.ConfigDict  # the config the workdir was trained with
     step: int  # the training step of the checkpoint
 
@@ -185,15 +190,16 @@ def load(workdir, which: str = "best") -> Trained:
         step = checkpoints.best_step() if which == "best" else checkpoints.manager.latest_step()
         if step is None:
             raise FlaxDigitsError(f"{checkpoints.directory}: no checkpoint to load")
-        params = checkpoints.restore_params(step)
+        variables = checkpoints.restore_variables(step)
     finally:
         checkpoints.close()
     logging.info("Loaded %s step %d (%s)", checkpoints.directory, step, which)
-    return Trained(model_from_config(config), {"params": jax.device_get(params)}, config, step)
+    return Trained(model_from_config(config), variables, config, step)
 
 
 def model_from_config(config: ml_collections.ConfigDict):
     """The linen module that `config.model` describes (JSON lists read back as tuples)."""
     kwargs = {k: tuple(v) if isinstance(v, list) else v
               for k, v in config.model.to_dict().items() if k != "name"}
-    return models.create_model(config.model.name, **kwargs)
+    dtype = jnp.dtype(config.get("dtype", "float32"))
+    return models.create_model(config.model.name, dtype=dtype, **kwargs)

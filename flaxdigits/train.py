@@ -25,10 +25,24 @@ from flaxdigits import checkpoint as checkpoint_lib
 from flaxdigits import data as data_lib
 from flaxdigits import evaluate as evaluate_lib
 from flaxdigits import models
+from flaxdigits import parallel
 from flaxdigits.errors import FlaxDigitsError, RunStopped
 
-TrainState = train_state.TrainState
 Batch = dict[str, Any]
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState (step, params, optimizer state) plus BatchNorm's running
+    statistics: an empty dict for models without BatchNorm."""
+
+    batch_stats: Any = None
+
+
+def model_variables(state: TrainState) -> dict:
+    """The variables `model.apply` takes: params, and batch_stats where the model has them."""
+    if state.batch_stats:
+        return {"params": state.params, "batch_stats": state.batch_stats}
+    return {"params": state.params}
 
 
 # ---------------------------------------------------------------------------------------
@@ -37,7 +51,25 @@ Batch = dict[str, Any]
 
 def cross_entropy(logits_bk: jax.Array, labels_bk: jax.Array) -> jax.Array:
     """Categorical cross-entropy per example, on one-hot (or soft) labels."""
-    return optax.softmax_cross_entropy(logits_bk, labels_bk)
+    return optax.softmax_cross_entropy(logits_bk.astype(jnp.float32), labels_bk)
+
+
+def _train_step(state: TrainState, batch: Batch, dropout_key: jax.Array):
+    step_key = jax.random.fold_in(dropout_key, state.step)
+
+    def loss_fn(params):
+        variables = {**model_variables(state), "params": params}
+        logits_bk, updates = state.apply_fn(variables, batch["image"], train=True,
+                                            rngs={"dropout": step_key},
+                                            mutable=["batch_stats"])
+        return cross_entropy(logits_bk, batch["label"]).mean(), (logits_bk, updates)
+
+    (loss, (logits_bk, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    state = state.apply_gradients(grads=grads,
+                                  batch_stats=updates.get("batch_stats", state.batch_stats))
+    accuracy = jnp.mean(logits_bk.argmax(-1) == batch["label"].argmax(-1))
+    return state, {"loss": loss, "accuracy": accuracy}
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -46,25 +78,30 @@ def train_step(state: TrainState, batch: Batch, dropout_key: jax.Array):
 
     The step's randomness is `dropout_key` folded with the step number, so a resumed run
     draws exactly the keys an uninterrupted one would, and no key needs checkpointing.
-    Returns the new state and {'loss', 'accuracy'} of the batch, computed before the update.
+    BatchNorm statistics (if any) are updated from the batch. Returns the new state and
+    {'loss', 'accuracy'} of the batch, computed before the update.
     """
-    step_key = jax.random.fold_in(dropout_key, state.step)
+    return _train_step(state, batch, dropout_key)
 
-    def loss_fn(params):
-        logits_bk = state.apply_fn({"params": params}, batch["image"], train=True,
-                                   rngs={"dropout": step_key})
-        return cross_entropy(logits_bk, batch["label"]).mean(), logits_bk
 
-    (loss, logits_bk), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads)
-    accuracy = jnp.mean(logits_bk.argmax(-1) == batch["label"].argmax(-1))
-    return state, {"loss": loss, "accuracy": accuracy}
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=("batch_size", "sharding"))
+def train_step_on_device(state: TrainState, train_data: Batch, order: jax.Array,
+                         index_in_epoch: jax.Array, dropout_key: jax.Array, *,
+                         batch_size: int, sharding=None):
+    """`train_step` on batch `index_in_epoch` of the epoch order `order`, gathered on the
+    device from the device-resident `train_data`: no host work and no transfer per step.
+    `sharding` splits the batch across the devices of the mesh."""
+    rows = jax.lax.dynamic_slice_in_dim(order, index_in_epoch * batch_size, batch_size)
+    batch = {name: array[rows] for name, array in train_data.items()}
+    if sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, sharding)
+    return _train_step(state, batch, dropout_key)
 
 
 @jax.jit
 def eval_step(state: TrainState, batch: Batch):
     """Sums over one padded batch; `batch['mask']` is 1 for real examples, 0 for padding."""
-    logits_bk = state.apply_fn({"params": state.params}, batch["image"])
+    logits_bk = state.apply_fn(model_variables(state), batch["image"])
     mask = batch["mask"]
     correct = (logits_bk.argmax(-1) == batch["label"].argmax(-1)) & mask
     return {
@@ -85,15 +122,24 @@ def pad_batch(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batch:
     }
 
 
-def evaluate(state: TrainState, split: data_lib.Split, batch_size: int) -> dict:
-    """Loss and accuracy over `split`, every example counted exactly once.
-
-    One compiled shape: every batch is `batch_size` rows, the last one padded and masked.
-    """
-    totals = None
+def eval_batches(split: data_lib.Split, batch_size: int, sharding=None) -> list[Batch]:
+    """`split` as padded batches of `batch_size`, placed on the device(s) once, so that
+    evaluating after every epoch transfers nothing."""
+    batches = []
     for start in range(0, len(split), batch_size):
         batch = pad_batch(split.images[start:start + batch_size],
                           split.labels[start:start + batch_size], batch_size)
+        batches.append({k: parallel.put(v, sharding) if sharding is not None
+                        else jnp.asarray(v) for k, v in batch.items()})
+    return batches
+
+
+def evaluate(state: TrainState, split, batch_size: int = 1000) -> dict:
+    """Loss and accuracy over `split` (a Split, or its `eval_batches`), every example
+    counted exactly once: every batch has the same shape, so there is one compilation."""
+    batches = split if isinstance(split, list) else eval_batches(split, batch_size)
+    totals = None
+    for batch in batches:
         sums = eval_step(state, batch)
         totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -107,11 +153,19 @@ def evaluate(state: TrainState, split: data_lib.Split, batch_size: int) -> dict:
 # Building the state
 
 
-def create_model(model_config: ml_collections.ConfigDict):
+def compute_dtype(config: ml_collections.ConfigDict):
+    name = config.get("dtype", "float32")
+    if name not in ("float32", "bfloat16"):
+        raise FlaxDigitsError(f"config.dtype={name!r} must be 'float32' or 'bfloat16'")
+    return jnp.dtype(name)
+
+
+def create_model(model_config: ml_collections.ConfigDict, dtype=jnp.float32):
     kwargs = model_config.to_dict()
     name = kwargs.pop("name")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     try:
-        return models.create_model(name, **kwargs)
+        return models.create_model(name, dtype=dtype, **kwargs)
     except (ValueError, TypeError) as e:
         raise FlaxDigitsError(f"config.model: {e}") from None
 
@@ -122,15 +176,28 @@ def learning_rate_schedule(optim_config, total_steps: int) -> optax.Schedule:
         return optax.constant_schedule(lr)
     if optim_config.schedule == "cosine":
         return optax.cosine_decay_schedule(lr, decay_steps=max(total_steps, 1))
-    raise FlaxDigitsError(
-        f"config.optim.schedule={optim_config.schedule!r} must be 'constant' or 'cosine'")
+    if optim_config.schedule == "one_cycle":
+        # Warm up to `learning_rate` over the first `warmup_fraction` of training, then
+        # anneal (cosine) to nearly 0: lets BatchNorm networks train fast at high rates.
+        return optax.cosine_onecycle_schedule(
+            max(total_steps, 1), lr, pct_start=optim_config.get("warmup_fraction", 0.25))
+    raise FlaxDigitsError(f"config.optim.schedule={optim_config.schedule!r} must be "
+                          f"'constant', 'cosine' or 'one_cycle'")
 
 
-def create_train_state(config, model, key: jax.Array, total_steps: int) -> TrainState:
-    dummy = jnp.zeros((1, data_lib.IMAGE_SIDE, data_lib.IMAGE_SIDE, 1), jnp.float32)
-    params = model.init(key, dummy)["params"]
+def create_train_state(config, model, key: jax.Array, total_steps: int,
+                       sharding=None) -> TrainState:
+    """A fresh TrainState; with `sharding`, built directly in that placement (replicated
+    on every device of the mesh)."""
     tx = optax.adam(learning_rate_schedule(config.optim, total_steps))
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+    def build(key):
+        dummy = jnp.zeros((1, data_lib.IMAGE_SIDE, data_lib.IMAGE_SIDE, 1), jnp.float32)
+        variables = model.init(key, dummy)
+        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                                 batch_stats=variables.get("batch_stats", {}))
+
+    return jax.jit(build, out_shardings=sharding)(key)
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,9 +298,16 @@ class StopSignals:
             signal.signal(s, handler)
 
 
-def epoch_order(key: jax.Array, epoch: int, size: int) -> np.ndarray:
-    """The order of the training examples in `epoch`: a function of the key and epoch only."""
-    return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), size))
+@functools.partial(jax.jit, static_argnames=("size", "sharding"))
+def _epoch_order(key, epoch, *, size, sharding):
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), size)
+    return order if sharding is None else jax.lax.with_sharding_constraint(order, sharding)
+
+
+def epoch_order(key: jax.Array, epoch: int, size: int, sharding=None) -> jax.Array:
+    """The order of the training examples in `epoch` (a device array): a function of the
+    key and epoch only, so a resumed run shuffles exactly as an uninterrupted one."""
+    return _epoch_order(key, epoch, size=size, sharding=sharding)
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,9 +355,19 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
     total_steps = config.num_epochs * steps_per_epoch
     checkpoint_every = config.checkpoint_every_steps or steps_per_epoch
 
+    # Every device of every host: the batch is split across them, the rest replicated.
+    mesh = parallel.data_mesh()
+    parallel.check_divisible(config.batch_size, mesh, "batch_size")
+    parallel.check_divisible(config.eval_batch_size, mesh, "eval_batch_size")
+    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    train_data = {"image": parallel.put(train.images, replicated),
+                  "label": parallel.put(train.labels, replicated)}
+    val_batches = (None if dataset.validation is None else
+                   eval_batches(dataset.validation, config.eval_batch_size, batch_sharding))
+
     init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(config.seed), 3)
-    model = create_model(config.model)
-    state = create_train_state(config, model, init_key, total_steps)
+    model = create_model(config.model, compute_dtype(config))
+    state = create_train_state(config, model, init_key, total_steps, sharding=replicated)
     logging.info("Model %s: %d parameters", config.model.name, models.count_params(
         {"params": state.params}))
 
@@ -315,12 +399,13 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
         for step in range(start_step, total_steps):
             epoch, index_in_epoch = divmod(step, steps_per_epoch)
             if order_epoch != epoch:
-                order, order_epoch = epoch_order(shuffle_key, epoch, len(train)), epoch
-            rows = order[index_in_epoch * config.batch_size:
-                         (index_in_epoch + 1) * config.batch_size]
-            state, metrics = train_step(state, {"image": train.images[rows],
-                                                "label": train.labels[rows]}, dropout_key)
-            pending.append(metrics)
+                order = epoch_order(shuffle_key, epoch, len(train), replicated)
+                order_epoch = epoch
+            state, metrics = train_step_on_device(
+                state, train_data, order, index_in_epoch, dropout_key,
+                batch_size=config.batch_size,
+                sharding=batch_sharding if mesh.devices.size > 1 else None)
+            pending.append(metrics)  # stays on the device until the next log point
 
             done = step + 1
             log_now = is_time(done, config.log_every_steps)
@@ -350,7 +435,7 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
                           "train_accuracy": float(np.mean(loop["epoch"]["accuracy"]))}
                 loop["epoch"] = {"loss": [], "accuracy": []}
                 if dataset.validation is not None:
-                    val = evaluate(state, dataset.validation, config.eval_batch_size)
+                    val = evaluate(state, val_batches)
                     record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                     val_accuracy = val["accuracy"]
                 record["elapsed_seconds"] = time.monotonic() - start_time
@@ -376,9 +461,11 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
 
     final = {"step": total_steps, "final": True,
              "train_seconds": time.monotonic() - start_time}
-    for name, split in (("val", dataset.validation), ("test", dataset.test)):
+    for name, split in (("val", val_batches), ("test", dataset.test)):
         if split is not None:
-            result = evaluate(state, split, config.eval_batch_size)
+            if name == "test":
+                split = eval_batches(split, config.eval_batch_size, batch_sharding)
+            result = evaluate(state, split)
             final.update({f"{name}_loss": result["loss"], f"{name}_accuracy": result["accuracy"]})
     if dataset.test is not None:
         logging.info("Test: loss %.4f, accuracy %.4f over %d examples", final["test_loss"],
@@ -391,7 +478,7 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
     # the checkpoint with the best validation accuracy (usually the last one).
     checkpoints.wait()
     best_step = checkpoints.best_step()
-    trained = checkpoint_lib.Trained(model, {"params": checkpoints.restore_params(best_step)},
-                                     config, best_step)
+    trained = checkpoint_lib.Trained(model, checkpoints.restore_variables(best_step), config,
+                                     best_step)
     report = evaluate_lib.write_report(workdir, trained, dataset, config.eval_batch_size)
     return {**final, "report": report}
