@@ -51,7 +51,12 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, best_fn=lambda m: m["val_accuracy"], best_mode="max",
             read_only=read_only, create=not read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # Handlers named up front, so that a checkpoint's metadata can be read before
+        # restoring it (see restore_variables).
+        handlers = {"state": ocp.StandardCheckpointHandler(),
+                    "loop": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -103,8 +108,14 @@ class Checkpoints:
     def restore_variables(self, step: int) -> dict:
         """{'params': ..., and 'batch_stats': ... where the model has BatchNorm} saved at
         `step`, as host arrays, for inference (no optimizer needed)."""
+        # Restore onto this process's first device, whatever the saving run's devices were
+        # (a model trained on 8 TPU cores loads on a laptop).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree_util.tree_map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+            self.manager.item_metadata(step)["state"])
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))
+            state=ocp.args.StandardRestore(target)))
         variables = {"params": restored.state["params"]}
         if restored.state.get("batch_stats"):
             variables["batch_stats"] = restored.state["batch_stats"]

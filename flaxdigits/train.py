@@ -138,10 +138,13 @@ def evaluate(state: TrainState, split, batch_size: int = 1000) -> dict:
     """Loss and accuracy over `split` (a Split, or its `eval_batches`), every example
     counted exactly once: every batch has the same shape, so there is one compilation."""
     batches = split if isinstance(split, list) else eval_batches(split, batch_size)
-    totals = None
+    totals, in_flight = None, []
     for batch in batches:
         sums = eval_step(state, batch)
         totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+        in_flight.append(sums["count"])
+        if len(in_flight) > MAX_STEPS_IN_FLIGHT:  # see MAX_STEPS_IN_FLIGHT
+            in_flight.pop(0).block_until_ready()
     totals = jax.device_get(totals)
     count = int(totals["count"])
     return {"loss": float(totals["loss_sum"]) / count,
@@ -271,6 +274,11 @@ def new_loop_state() -> dict:
     numbers in the same order as an uninterrupted one.
     """
     return {"window": {"loss": [], "accuracy": []}, "epoch": {"loss": [], "accuracy": []}}
+
+
+# How many dispatched training steps may wait for the device: enough to hide the host's
+# dispatch time, few enough to keep every device's queue short.
+MAX_STEPS_IN_FLIGHT = 2
 
 
 class StopSignals:
@@ -406,6 +414,10 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
                 batch_size=config.batch_size,
                 sharding=batch_sharding if mesh.devices.size > 1 else None)
             pending.append(metrics)  # stays on the device until the next log point
+            if len(pending) > MAX_STEPS_IN_FLIGHT:
+                # Bounded asynchrony: the host runs at most this many steps ahead of the
+                # device (XLA:CPU deadlocks in collectives with an unbounded queue).
+                pending[-1 - MAX_STEPS_IN_FLIGHT]["loss"].block_until_ready()
 
             done = step + 1
             log_now = is_time(done, config.log_every_steps)
