@@ -3,8 +3,8 @@
     python launch.py --config=configs/base.py --workdir=runs/base
 
 Measured on the 2-core development CPU with --config.data.dir=../shared/data/mnist
-(2026-11-24): MNIST test accuracy 0.9925 after 10 epochs (seed 0), 10 min 17 s wall time for
-the whole process with the cores shared; about 1,100 training images/s.
+(2026-11-24): MNIST test accuracy 0.9923 after 10 epochs (seed 0), 4 min 39 s wall time for
+the whole process (271 s of training, about 2,000 training images/s).
 """
 
 import ml_collections
@@ -38,6 +38,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.conv_features = (32, 64)  # channels of each conv 3x3 -> max-pool 2x2 block
     config.model.dense_features = 128  # width of the hidden dense layer
     config.model.dropout_rate = 0.5  # dropout after the hidden dense layer, in training only
+
+    # On-device augmentation of training batches (flaxdigits/augment.py); all 0 = off, as
+    # the seed's recipe has none.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.rotation_degrees = 0.0  # each digit turned by up to this, either way
+    config.augment.scale = 0.0  # resized by a factor in [1 - scale, 1 + scale]
+    config.augment.translation_pixels = 0.0  # moved by up to this along each axis
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3  # Adam's (peak) learning rate

@@ -86,8 +86,45 @@ class FastCNN(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
+class DeepCNN(nn.Module):
+    """A deeper BatchNorm CNN for accuracy (configs/deep.py).
+
+    A 5x5 stride-2 stem (to 14x14), then one block per entry of `block_features`, each
+    `convs_per_block` x (conv 3x3 -> BN -> relu) and a 2x2 max-pool, then dense -> BN ->
+    relu -> dropout -> dense. BatchNorm uses batch statistics with `train=True` (pass
+    mutable=['batch_stats']) and the running averages otherwise.
+    """
+
+    stem_features: int = 32
+    block_features: Sequence[int] = (48, 96)
+    convs_per_block: int = 2
+    dense_features: int = 256
+    dropout_rate: float = 0.3
+    num_classes: int = NUM_CLASSES
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images_bhwc: jax.Array, train: bool = False) -> jax.Array:
+        def conv_bn_relu(x, features, kernel, stride=1):
+            x = nn.Conv(features, (kernel, kernel), strides=(stride, stride), use_bias=False,
+                        dtype=self.dtype)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+            return nn.relu(x)
+
+        x = conv_bn_relu(images_bhwc.astype(self.dtype), self.stem_features, 5, stride=2)
+        for features in self.block_features:
+            for _ in range(self.convs_per_block):
+                x = conv_bn_relu(x, features, 3)
+            x = max_pool_2x2(x)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dense(self.dense_features, use_bias=False, dtype=self.dtype)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
 # Model names as configs spell them (`config.model.name`).
-MODELS = {"cnn": CNN, "fast_cnn": FastCNN}
+MODELS = {"cnn": CNN, "fast_cnn": FastCNN, "deep_cnn": DeepCNN}
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

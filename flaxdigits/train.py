@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from flaxdigits import augment as augment_lib
 from flaxdigits import checkpoint as checkpoint_lib
 from flaxdigits import data as data_lib
 from flaxdigits import evaluate as evaluate_lib
@@ -54,12 +55,21 @@ def cross_entropy(logits_bk: jax.Array, labels_bk: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy(logits_bk.astype(jnp.float32), labels_bk)
 
 
-def _train_step(state: TrainState, batch: Batch, dropout_key: jax.Array):
+# fold_in of the step key that gives the augmentation key (the step key itself is dropout's).
+AUGMENT_STREAM = 1
+
+
+def _train_step(state: TrainState, batch: Batch, dropout_key: jax.Array,
+                augment: Optional[augment_lib.Strength] = None):
     step_key = jax.random.fold_in(dropout_key, state.step)
+    images = batch["image"]
+    if augment is not None:
+        images = augment_lib.augment_batch(jax.random.fold_in(step_key, AUGMENT_STREAM),
+                                           images, augment)
 
     def loss_fn(params):
         variables = {**model_variables(state), "params": params}
-        logits_bk, updates = state.apply_fn(variables, batch["image"], train=True,
+        logits_bk, updates = state.apply_fn(variables, images, train=True,
                                             rngs={"dropout": step_key},
                                             mutable=["batch_stats"])
         return cross_entropy(logits_bk, batch["label"]).mean(), (logits_bk, updates)
@@ -72,22 +82,24 @@ def _train_step(state: TrainState, batch: Batch, dropout_key: jax.Array):
     return state, {"loss": loss, "accuracy": accuracy}
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def train_step(state: TrainState, batch: Batch, dropout_key: jax.Array):
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=("augment",))
+def train_step(state: TrainState, batch: Batch, dropout_key: jax.Array, augment=None):
     """One Adam step on batch {'image': (B, 28, 28, 1), 'label': one-hot (B, 10)}.
 
     The step's randomness is `dropout_key` folded with the step number, so a resumed run
     draws exactly the keys an uninterrupted one would, and no key needs checkpointing.
-    BatchNorm statistics (if any) are updated from the batch. Returns the new state and
-    {'loss', 'accuracy'} of the batch, computed before the update.
+    `augment` (an augment.Strength) transforms each image first, with a key derived from
+    the same step key. BatchNorm statistics (if any) are updated from the batch. Returns the
+    new state and {'loss', 'accuracy'} of the batch, computed before the update.
     """
-    return _train_step(state, batch, dropout_key)
+    return _train_step(state, batch, dropout_key, augment)
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames=("batch_size", "sharding"))
+@functools.partial(jax.jit, donate_argnums=0,
+                   static_argnames=("batch_size", "sharding", "augment"))
 def train_step_on_device(state: TrainState, train_data: Batch, order: jax.Array,
                          index_in_epoch: jax.Array, dropout_key: jax.Array, *,
-                         batch_size: int, sharding=None):
+                         batch_size: int, sharding=None, augment=None):
     """`train_step` on batch `index_in_epoch` of the epoch order `order`, gathered on the
     device from the device-resident `train_data`: no host work and no transfer per step.
     `sharding` splits the batch across the devices of the mesh."""
@@ -95,7 +107,7 @@ def train_step_on_device(state: TrainState, train_data: Batch, order: jax.Array,
     batch = {name: array[rows] for name, array in train_data.items()}
     if sharding is not None:
         batch = jax.lax.with_sharding_constraint(batch, sharding)
-    return _train_step(state, batch, dropout_key)
+    return _train_step(state, batch, dropout_key, augment)
 
 
 @jax.jit
@@ -373,6 +385,13 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
     val_batches = (None if dataset.validation is None else
                    eval_batches(dataset.validation, config.eval_batch_size, batch_sharding))
 
+    try:
+        augment = augment_lib.from_config(config)
+    except ValueError as e:
+        raise FlaxDigitsError(str(e)) from None
+    if augment is not None:
+        logging.info("Augmentation of training batches: %s", augment)
+
     init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(config.seed), 3)
     model = create_model(config.model, compute_dtype(config))
     state = create_train_state(config, model, init_key, total_steps, sharding=replicated)
@@ -411,7 +430,7 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
                 order_epoch = epoch
             state, metrics = train_step_on_device(
                 state, train_data, order, index_in_epoch, dropout_key,
-                batch_size=config.batch_size,
+                batch_size=config.batch_size, augment=augment,
                 sharding=batch_sharding if mesh.devices.size > 1 else None)
             pending.append(metrics)  # stays on the device until the next log point
             if len(pending) > MAX_STEPS_IN_FLIGHT:

@@ -35,8 +35,8 @@ def metrics_without_timing(workdir):
 
 
 def final_params(workdir):
-    variables = checkpoint_lib.load(workdir, which="latest").variables
-    return variables["params"]
+    """params, and batch_stats for BatchNorm models."""
+    return checkpoint_lib.load(workdir, which="latest").variables
 
 
 def assert_identical(params_a, params_b):
@@ -47,8 +47,15 @@ def assert_identical(params_a, params_b):
         np.testing.assert_array_equal(a, b)  # bit-identical, not merely close
 
 
-def test_interrupted_twice_ends_exactly_like_uninterrupted(tmp_path, data_dir):
-    config = run_config(data_dir)
+BATCHNORM_AND_AUGMENTATION = {
+    "model.name": "fast_cnn", "augment.rotation_degrees": 10.0, "augment.scale": 0.1,
+    "augment.translation_pixels": 2.0, "optim.schedule": "one_cycle"}
+
+
+@pytest.mark.parametrize("overrides", [{}, BATCHNORM_AND_AUGMENTATION],
+                         ids=["cnn", "batchnorm+augmentation"])
+def test_interrupted_twice_ends_exactly_like_uninterrupted(tmp_path, data_dir, overrides):
+    config = run_config(data_dir, **overrides)
     reference = train.train_and_evaluate(config, tmp_path / "straight")
 
     work = tmp_path / "interrupted"

@@ -74,3 +74,39 @@ def test_dropout_acts_only_in_training():
     assert not np.allclose(train_a, eval_a) and not np.allclose(train_a, train_b)
     np.testing.assert_array_equal(
         train_a, model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(2)}))
+
+
+def test_max_pool_2x2_matches_flax_max_pool_including_odd_sizes():
+    import flax.linen as nn
+
+    for shape in [(2, 28, 28, 3), (2, 7, 7, 5), (1, 5, 6, 1)]:
+        x = jax.random.normal(jax.random.key(0), shape)
+        np.testing.assert_array_equal(models.max_pool_2x2(x),
+                                      nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+@pytest.mark.parametrize("model", [models.FastCNN(), models.DeepCNN()],
+                         ids=["fast_cnn", "deep_cnn"])
+def test_batchnorm_models_build_and_run(model):
+    variables = init(model, batch=2)
+    assert set(variables) == {"params", "batch_stats"}
+    images = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    assert model.apply(variables, images).shape == (4, 10)
+
+
+def test_fast_cnn_parameter_count_is_exact():
+    # conv 5x5 1->32 (no bias, BN follows): 800, BN 64; conv 3x3 32->64: 18,432, BN 128;
+    # dense 3*3*64->128: 73,856; dense 128->10: 1,290.
+    assert models.count_params(init(models.FastCNN())) == (
+        800 + 64 + 18_432 + 128 + 73_856 + 1_290)
+
+
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
+    model = CNN(conv_features=(4, 8), dense_features=16, dtype=jnp.bfloat16)
+    variables = init(model)
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
+    logits = model.apply(variables, jnp.ones((2, 28, 28, 1)))
+    assert logits.dtype == jnp.float32  # cast back for the loss
+    hidden = model.apply(variables, jnp.ones((2, 28, 28, 1)), capture_intermediates=True,
+                         mutable=["intermediates"])[1]["intermediates"]
+    assert hidden["Dense_0"]["__call__"][0].dtype == jnp.bfloat16

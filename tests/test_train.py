@@ -154,3 +154,32 @@ def test_dropout_key_is_folded_with_the_step():
     state = state.replace(step=state.step + 1)
     _, metrics_shifted = train.train_step(state, batch, key)
     assert float(metrics_shifted["loss"]) != float(metrics_a["loss"])
+
+
+def test_batchnorm_statistics_update_in_training_and_are_used_in_evaluation():
+    config = helpers.tiny_config(**{"model.name": "fast_cnn"})
+    state = small_state(config)
+    split = synthetic_split(64)
+    before = jax.tree_util.tree_map(np.asarray, state.batch_stats)
+    assert before, "FastCNN has BatchNorm statistics"
+    state, _ = train.train_step(state, {"image": split.images, "label": split.labels},
+                                jax.random.key(0))
+    after = jax.tree_util.tree_map(np.asarray, state.batch_stats)
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+                                                         jax.tree_util.tree_leaves(after))]
+    assert all(changed)  # every running mean and variance moved
+
+    # Evaluation uses the running averages: an example's logits do not depend on the
+    # batch it is in, and the statistics are not updated.
+    variables = train.model_variables(state)
+    alone = state.apply_fn(variables, split.images[:1])
+    in_batch = state.apply_fn(variables, split.images)[:1]
+    np.testing.assert_allclose(alone, in_batch, rtol=1e-5, atol=1e-5)
+    train.evaluate(state, split, batch_size=32)
+    for a, b in zip(jax.tree_util.tree_leaves(after),
+                    jax.tree_util.tree_leaves(state.batch_stats)):
+        np.testing.assert_array_equal(a, b)
+    # And they matter: other statistics give other logits.
+    shifted = jax.tree_util.tree_map(lambda x: x + 1.0, state.batch_stats)
+    other = state.apply_fn({"params": state.params, "batch_stats": shifted}, split.images[:1])
+    assert not np.allclose(alone, other)

@@ -1,0 +1,264 @@
+"""Training speed, side by side, measured in one run on this machine.
+
+    python benchmarks/speed.py --data_dir=../shared/data/mnist [--runs=3]
+
+Prints:
+  1. this CPU's float32 matmul ceiling (a jitted 2048x2048 matmul), GFLOP/s;
+  2. training throughput of the base CNN (configs/base.py, batch 128), img/s and as a fraction
+     of that ceiling (FLOPs per step from XLA's cost analysis of the compiled step), for
+       - the plain loop: host-gathered numpy batches, one jitted step per Python iteration,
+         the seed's nn.max_pool CNN (what flaxdigits did before);
+       - the same plain loop with flaxdigits' CNN (max-pooling as reshape + max);
+       - flaxdigits' loop: data on the device, shuffled and gathered there, donated state,
+         bounded asynchrony (train.train_step_on_device);
+       - lax.scan over 10 of flaxdigits' steps per dispatch;
+  3. configs/fast.py through launch.py, `--runs` times: training seconds, whole-process
+     seconds and test accuracy, with the median and minimum;
+  4. flaxdigits' loop on 1, 2, 4 and 8 host devices (XLA_FLAGS=
+     --xla_force_host_platform_device_count): on a CPU these share the same cores, so this
+     shows the cost of sharding; it is not how one would speed up a CPU run.
+Parts 3 and 4 run in subprocesses (a device count is fixed when JAX starts).
+"""
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import base  # noqa: E402
+from flaxdigits import data as data_lib  # noqa: E402
+from flaxdigits import models, parallel, train  # noqa: E402
+
+BATCH = 128
+
+
+class SeedCNN(models.CNN):
+    """The base CNN with flax's nn.max_pool, as the seed wrote it."""
+
+    @nn.compact
+    def __call__(self, images_bhwc, train=False):
+        x = images_bhwc
+        for features in self.conv_features:
+            x = nn.max_pool(nn.relu(nn.Conv(features, (3, 3))(x)), (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Dense(self.dense_features)(x.reshape((x.shape[0], -1))))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+def matmul_ceiling(size=2048, repeats=20) -> float:
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = f(a)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return 2 * size ** 3 / best / 1e9
+
+
+def base_state(model):
+    config = base.get_config()
+    return train.create_train_state(config, model, jax.random.key(0), total_steps=10_000)
+
+
+def step_flops(jitted, *args, **kwargs) -> float:
+    cost = jitted.lower(*args, **kwargs).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def time_steps(run_steps, steps: int) -> float:
+    """Seconds per step over `steps` steps, after one untimed warm-up call."""
+    run_steps(5)
+    start = time.perf_counter()
+    run_steps(steps)
+    return (time.perf_counter() - start) / steps
+
+
+def plain_loop(model, split, steps):
+    """Numpy batches gathered on the host, one jitted step per Python iteration."""
+    state = base_state(model)
+    rng = np.random.default_rng(0)
+    key = jax.random.key(1)
+    flops = step_flops(train.train_step, state, {"image": split.images[:BATCH],
+                                                 "label": split.labels[:BATCH]}, key)
+
+    def run(n):
+        nonlocal state
+        for _ in range(n):
+            rows = rng.integers(0, len(split), BATCH)
+            state, metrics = train.train_step(
+                state, {"image": split.images[rows], "label": split.labels[rows]}, key)
+        jax.block_until_ready(state)
+
+    return time_steps(run, steps), flops
+
+
+def device_loop(model, split, steps, mesh=None):
+    """flaxdigits' loop, as train_and_evaluate runs it."""
+    mesh = mesh or parallel.data_mesh()
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    state = jax.device_put(base_state(model), replicated)
+    data = {"image": parallel.put(split.images, replicated),
+            "label": parallel.put(split.labels, replicated)}
+    order = train.epoch_order(jax.random.key(2), 0, len(split), replicated)
+    key = jax.random.key(1)
+    sharding = sharded if mesh.devices.size > 1 else None
+    per_epoch = len(split) // BATCH
+    flops = step_flops(train.train_step_on_device, state, data, order, 0, key,
+                       batch_size=BATCH, sharding=sharding)
+    index = 0
+
+    def run(n):
+        nonlocal state, index
+        pending = []
+        for _ in range(n):
+            state, metrics = train.train_step_on_device(
+                state, data, order, index % per_epoch, key, batch_size=BATCH,
+                sharding=sharding)
+            index += 1
+            pending.append(metrics["loss"])
+            if len(pending) > train.MAX_STEPS_IN_FLIGHT:
+                pending.pop(0).block_until_ready()
+        jax.block_until_ready(state)
+
+    return time_steps(run, steps), flops
+
+
+def scan_loop(model, split, steps, per_dispatch=10):
+    """lax.scan over `per_dispatch` of flaxdigits' device steps in one jitted call."""
+    state = base_state(model)
+    data = {"image": jnp.asarray(split.images), "label": jnp.asarray(split.labels)}
+    order = train.epoch_order(jax.random.key(2), 0, len(split))
+    key = jax.random.key(1)
+    per_epoch = len(split) // BATCH
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def many(state, first):
+        def body(state, i):
+            rows = jax.lax.dynamic_slice_in_dim(order, ((first + i) % per_epoch) * BATCH, BATCH)
+            return train._train_step(state, {k: v[rows] for k, v in data.items()}, key)
+        return jax.lax.scan(body, state, jnp.arange(per_dispatch))
+
+    # XLA's cost analysis counts a loop body once, so take the FLOPs of one plain step.
+    flops = step_flops(train.train_step, state, {k: v[:BATCH] for k, v in data.items()}, key)
+    index = 0
+
+    def run(n):
+        nonlocal state, index
+        for _ in range(max(1, n // per_dispatch)):
+            state, _ = many(state, index)
+            index += per_dispatch
+        jax.block_until_ready(state)
+
+    return time_steps(run, steps), flops
+
+
+def throughput_table(split, steps, ceiling):
+    rows = [
+        ("plain loop, seed CNN (nn.max_pool)", plain_loop, SeedCNN(dropout_rate=0.5)),
+        ("plain loop, flaxdigits CNN", plain_loop, models.CNN(dropout_rate=0.5)),
+        ("flaxdigits loop (train_step_on_device)", device_loop, models.CNN(dropout_rate=0.5)),
+        ("lax.scan, 10 steps per dispatch", scan_loop, models.CNN(dropout_rate=0.5)),
+    ]
+    print(f"\n2. Base CNN training throughput, batch {BATCH}, {steps} timed steps each")
+    print(f"{'loop':<42} {'img/s':>8} {'GFLOP/s':>8} {'of ceiling':>10}")
+    for name, loop, model in rows:
+        seconds, flops = loop(model, split, steps)
+        gflops = flops / seconds / 1e9
+        print(f"{name:<42} {BATCH / seconds:8.0f} {gflops:8.1f} {gflops / ceiling:10.1%}",
+              flush=True)
+
+
+def fast_config_runs(data_dir, runs):
+    print(f"\n3. configs/fast.py through launch.py, {runs} runs (seeds 0..{runs - 1})")
+    print(f"{'seed':>4} {'train s':>8} {'process s':>10} {'test acc':>9}")
+    results = []
+    for seed in range(runs):
+        with tempfile.TemporaryDirectory() as workdir:
+            start = time.perf_counter()
+            out = subprocess.run(
+                [sys.executable, "launch.py", "--config=configs/fast.py", f"--workdir={workdir}",
+                 f"--config.data.dir={data_dir}", f"--config.seed={seed}"],
+                cwd=REPO, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            if out.returncode:
+                sys.exit(out.stderr[-2000:])
+            final = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl")][-1]
+            accuracy = float(re.search(r"test_accuracy=([\d.]+)", out.stdout).group(1))
+        results.append((final["train_seconds"], wall, accuracy))
+        print(f"{seed:4d} {final['train_seconds']:8.2f} {wall:10.2f} {accuracy:9.4f}", flush=True)
+    columns = list(zip(*results))
+    print(f"median {statistics.median(columns[0]):6.2f} {statistics.median(columns[1]):10.2f} "
+          f"{statistics.median(columns[2]):9.4f}")
+    print(f"min accuracy {min(columns[2]):.4f}; max train s {max(columns[0]):.2f}; "
+          f"max process s {max(columns[1]):.2f}")
+
+
+def devices_child(steps):
+    """Runs in a subprocess with N host devices: prints img/s of flaxdigits' loop."""
+    images, labels = np.random.default_rng(0).random((6400, 28, 28, 1), np.float32), \
+        np.eye(10, dtype=np.float32)[np.arange(6400) % 10]
+    seconds, _ = device_loop(models.CNN(dropout_rate=0.5), data_lib.Split(images, labels), steps)
+    print(json.dumps({"devices": jax.device_count(), "img_per_s": BATCH / seconds}))
+
+
+def devices_table(steps):
+    print(f"\n4. flaxdigits loop on N host devices (base CNN, batch {BATCH} split N ways; "
+          f"all on the same {os.cpu_count()} cores)")
+    print(f"{'devices':>7} {'img/s':>8}")
+    for count in (1, 2, 4, 8):
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
+        out = subprocess.run([sys.executable, __file__, f"--devices_child={steps}"], env=env,
+                             cwd=REPO, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(out.stderr[-2000:])
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{result['devices']:7d} {result['img_per_s']:8.0f}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--runs", type=int, default=3, help="runs of configs/fast.py")
+    parser.add_argument("--steps", type=int, default=150, help="timed steps per loop")
+    parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 13")
+    parser.add_argument("--devices_child", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.devices_child:
+        return devices_child(args.devices_child)
+
+    print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs")
+    ceiling = matmul_ceiling()
+    print(f"\n1. float32 matmul ceiling (2048x2048, jitted): {ceiling:.1f} GFLOP/s")
+    if "2" in args.parts:
+        arrays, _ = data_lib.load_folder(args.data_dir)
+        split = data_lib.Split(data_lib.to_model_inputs(arrays[0]), data_lib.one_hot(arrays[1]))
+        throughput_table(split, args.steps, ceiling)
+    if "3" in args.parts:
+        fast_config_runs(args.data_dir, args.runs)
+    if "4" in args.parts:
+        devices_table(args.steps)
+
+
+if __name__ == "__main__":
+    main()

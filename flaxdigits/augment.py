@@ -1,0 +1,70 @@
+"""On-device data augmentation: random rotation, scaling and translation of each digit.
+
+Pure JAX, jit-compiled inside the training step; every example gets its own transform,
+drawn from a key that the step derives from its step number, so a resumed run augments
+exactly as an uninterrupted one. Training batches only; evaluation sees the digits as
+they are. Off unless `config.augment` sets a strength (configs/base.py keeps it off).
+"""
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+class Strength(NamedTuple):
+    """The largest transform drawn; each example draws uniformly within these bounds."""
+
+    rotation_degrees: float = 0.0  # turned by up to this many degrees either way
+    scale: float = 0.0  # resized by a factor in [1 - scale, 1 + scale]
+    translation_pixels: float = 0.0  # moved by up to this many pixels along each axis
+
+    @property
+    def is_identity(self) -> bool:
+        return not (self.rotation_degrees or self.scale or self.translation_pixels)
+
+
+def from_config(config) -> Optional[Strength]:
+    """The Strength that `config.augment` asks for, or None for no augmentation."""
+    section = config.get("augment")
+    if section is None:
+        return None
+    strength = Strength(float(section.rotation_degrees), float(section.scale),
+                        float(section.translation_pixels))
+    for name, value in strength._asdict().items():
+        if value < 0:
+            raise ValueError(f"config.augment.{name}={value} must be >= 0")
+    if strength.scale >= 1:
+        raise ValueError(f"config.augment.scale={strength.scale} must be below 1")
+    return None if strength.is_identity else strength
+
+
+def affine_one(key: jax.Array, image_hwc: jax.Array, strength: Strength) -> jax.Array:
+    """One image turned, resized and moved about its centre; bilinear, black outside."""
+    rotate_key, scale_key, shift_key = jax.random.split(key, 3)
+    angle = jnp.deg2rad(strength.rotation_degrees) * jax.random.uniform(
+        rotate_key, minval=-1.0, maxval=1.0)
+    scale = 1.0 + strength.scale * jax.random.uniform(scale_key, minval=-1.0, maxval=1.0)
+    shift = strength.translation_pixels * jax.random.uniform(
+        shift_key, (2,), minval=-1.0, maxval=1.0)
+
+    height, width, _ = image_hwc.shape
+    centre = jnp.array([(height - 1) / 2, (width - 1) / 2])
+    rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                              jnp.arange(width, dtype=jnp.float32), indexing="ij")
+    # Each output pixel samples the input where the inverse transform sends it.
+    out = jnp.stack([rows, cols]) - (centre + shift)[:, None, None]
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    source_rows = (cos * out[0] + sin * out[1]) / scale + centre[0]
+    source_cols = (-sin * out[0] + cos * out[1]) / scale + centre[1]
+    channels = [jax.scipy.ndimage.map_coordinates(image_hwc[..., c], [source_rows, source_cols],
+                                                  order=1, mode="constant", cval=0.0)
+                for c in range(image_hwc.shape[-1])]
+    return jnp.stack(channels, axis=-1).astype(image_hwc.dtype)
+
+
+def augment_batch(key: jax.Array, images_bhwc: jax.Array, strength: Strength) -> jax.Array:
+    """Each image of the batch transformed with its own draw; shape, dtype and the [0, 1]
+    range are kept (bilinear sampling only averages pixels)."""
+    keys = jax.random.split(key, images_bhwc.shape[0])
+    return jax.vmap(affine_one, in_axes=(0, 0, None))(keys, images_bhwc, strength)

@@ -1,0 +1,88 @@
+"""flaxdigits/augment.py: random rotation, scaling and translation on the device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxdigits import augment, data as data_lib
+from flaxdigits.errors import FlaxDigitsError
+from tests import helpers
+
+STRONG = augment.Strength(rotation_degrees=15.0, scale=0.15, translation_pixels=3.0)
+
+
+def digits(count=16):
+    return jnp.asarray(data_lib.to_model_inputs(helpers.synthetic_digits(count)[0]))
+
+
+def test_keeps_shape_dtype_and_range():
+    images = digits()
+    out = augment.augment_batch(jax.random.key(0), images, STRONG)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_deterministic_per_key_and_different_across_keys():
+    images = digits()
+    a = augment.augment_batch(jax.random.key(1), images, STRONG)
+    b = augment.augment_batch(jax.random.key(1), images, STRONG)
+    c = augment.augment_batch(jax.random.key(2), images, STRONG)
+    np.testing.assert_array_equal(a, b)
+    assert float(jnp.abs(a - c).mean()) > 0.01
+
+
+def test_identity_at_strength_zero():
+    images = digits()
+    out = augment.augment_batch(jax.random.key(0), images, augment.Strength())
+    np.testing.assert_array_equal(out, images)  # exactly: integer sample points
+    config = helpers.tiny_config()
+    assert augment.from_config(config) is None  # and the step skips it altogether
+
+
+def test_really_changes_each_image_differently():
+    images = jnp.repeat(digits(1), 8, axis=0)  # the same digit 8 times
+    out = np.asarray(augment.augment_batch(jax.random.key(0), images, STRONG))
+    changed = np.abs(out - np.asarray(images)).mean(axis=(1, 2, 3))
+    assert (changed > 0.01).all()
+    assert len({round(float(x), 4) for x in changed}) == 8  # one draw per example
+
+
+def test_each_transform_does_what_it_says():
+    square = np.zeros((1, 28, 28, 1), np.float32)
+    square[0, 10:18, 10:18] = 1.0  # an 8x8 square around the centre (13.5, 13.5)
+    square = jnp.asarray(square)
+
+    def mass_and_centre(image):
+        image = np.asarray(image)[0, :, :, 0]
+        rows, cols = np.indices(image.shape)
+        mass = image.sum()
+        return mass, (rows * image).sum() / mass, (cols * image).sum() / mass
+
+    moved = augment.augment_batch(jax.random.key(3), square,
+                                  augment.Strength(translation_pixels=4.0))
+    mass, row, col = mass_and_centre(moved)
+    assert mass == pytest.approx(64, rel=0.02)  # moving keeps the ink
+    assert (row, col) != pytest.approx((13.5, 13.5), abs=0.2)
+    assert abs(row - 13.5) <= 4 and abs(col - 13.5) <= 4
+
+    for key in range(5):
+        scaled = augment.augment_batch(jax.random.key(key), square, augment.Strength(scale=0.3))
+        mass, row, col = mass_and_centre(scaled)
+        assert 64 * 0.7 ** 2 * 0.9 <= mass <= 64 * 1.3 ** 2 * 1.1  # area scales with s^2
+        assert (row, col) == pytest.approx((13.5, 13.5), abs=0.05)  # about the centre
+
+    turned = augment.augment_batch(jax.random.key(0), square,
+                                   augment.Strength(rotation_degrees=45.0))
+    mass, row, col = mass_and_centre(turned)
+    assert mass == pytest.approx(64, rel=0.05)
+    assert (row, col) == pytest.approx((13.5, 13.5), abs=0.05)
+
+
+def test_bad_strength_is_a_clear_error(tmp_path):
+    from flaxdigits import train
+
+    helpers.write_idx_folder(tmp_path / "data", 100, 20)
+    config = helpers.tiny_config(**{"data.dir": str(tmp_path / "data"), "augment.scale": 1.5})
+    with pytest.raises(FlaxDigitsError, match=r"config.augment.scale=1.5 must be below 1"):
+        train.train_and_evaluate(config, tmp_path / "work")
