@@ -46,6 +46,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.scale = 0.0  # resized by a factor in [1 - scale, 1 + scale]
     config.augment.translation_pixels = 0.0  # moved by up to this along each axis
 
+    # How evaluate, predict and the end-of-training report predict (flaxdigits/evaluate.py).
+    config.inference = ml_collections.ConfigDict()
+    config.inference.tta_views = 1  # test-time views averaged: 1 = none; up to 9 (1-px
+    # shifts, +-6 degree turns, +-8% sizes)
+    config.inference.ensemble_workdirs = ()  # other trained workdirs averaged with this one
+
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 1e-3  # Adam's (peak) learning rate
     # 'constant'; 'cosine' decay to 0 over the run; 'one_cycle' (warm up for

@@ -39,21 +39,17 @@ def from_config(config) -> Optional[Strength]:
     return None if strength.is_identity else strength
 
 
-def affine_one(key: jax.Array, image_hwc: jax.Array, strength: Strength) -> jax.Array:
-    """One image turned, resized and moved about its centre; bilinear, black outside."""
-    rotate_key, scale_key, shift_key = jax.random.split(key, 3)
-    angle = jnp.deg2rad(strength.rotation_degrees) * jax.random.uniform(
-        rotate_key, minval=-1.0, maxval=1.0)
-    scale = 1.0 + strength.scale * jax.random.uniform(scale_key, minval=-1.0, maxval=1.0)
-    shift = strength.translation_pixels * jax.random.uniform(
-        shift_key, (2,), minval=-1.0, maxval=1.0)
-
+def transform(image_hwc: jax.Array, degrees, scale, shift_rows, shift_cols) -> jax.Array:
+    """One image turned by `degrees`, resized by `scale` about its centre and moved by
+    (`shift_rows`, `shift_cols`) pixels; bilinear sampling, black outside the image."""
     height, width, _ = image_hwc.shape
     centre = jnp.array([(height - 1) / 2, (width - 1) / 2])
+    shift = jnp.stack([jnp.asarray(shift_rows, jnp.float32), jnp.asarray(shift_cols, jnp.float32)])
     rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
                               jnp.arange(width, dtype=jnp.float32), indexing="ij")
     # Each output pixel samples the input where the inverse transform sends it.
     out = jnp.stack([rows, cols]) - (centre + shift)[:, None, None]
+    angle = jnp.deg2rad(degrees)
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     source_rows = (cos * out[0] + sin * out[1]) / scale + centre[0]
     source_cols = (-sin * out[0] + cos * out[1]) / scale + centre[1]
@@ -61,6 +57,16 @@ def affine_one(key: jax.Array, image_hwc: jax.Array, strength: Strength) -> jax.
                                                   order=1, mode="constant", cval=0.0)
                 for c in range(image_hwc.shape[-1])]
     return jnp.stack(channels, axis=-1).astype(image_hwc.dtype)
+
+
+def affine_one(key: jax.Array, image_hwc: jax.Array, strength: Strength) -> jax.Array:
+    """One image with a transform drawn uniformly within `strength`."""
+    rotate_key, scale_key, shift_key = jax.random.split(key, 3)
+    degrees = strength.rotation_degrees * jax.random.uniform(rotate_key, minval=-1.0, maxval=1.0)
+    scale = 1.0 + strength.scale * jax.random.uniform(scale_key, minval=-1.0, maxval=1.0)
+    shift = strength.translation_pixels * jax.random.uniform(
+        shift_key, (2,), minval=-1.0, maxval=1.0)
+    return transform(image_hwc, degrees, scale, shift[0], shift[1])
 
 
 def augment_batch(key: jax.Array, images_bhwc: jax.Array, strength: Strength) -> jax.Array:

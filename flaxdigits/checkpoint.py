@@ -29,6 +29,7 @@ CONFIG_FILE = "config.json"
 RESUMABLE_CHANGES = frozenset({
     "log_every_steps", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
     "data.dir", "data.cache_dir", "data.tfds_data_dir",
+    "inference.tta_views", "inference.ensemble_workdirs",
 })
 
 

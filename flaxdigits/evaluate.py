@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from flaxdigits import augment
 from flaxdigits import checkpoint as checkpoint_lib
 from flaxdigits import data as data_lib
 from flaxdigits.errors import FlaxDigitsError
@@ -26,30 +27,69 @@ PLOTS_DIR = "plots"
 SUBMISSION_FILE = "submission.csv"
 
 # ---------------------------------------------------------------------------------------
-# Predictions
+# Predictions: one model, test-time augmentation, ensembles
+
+# Test-time views, (degrees, scale, shift rows, shift cols); the first is the digit as it
+# is. `inference.tta_views = n` averages the first n.
+TTA_VIEWS = (
+    (0.0, 1.0, 0.0, 0.0),
+    (0.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, 0.0), (0.0, 1.0, 0.0, 1.0), (0.0, 1.0, 0.0, -1.0),
+    (6.0, 1.0, 0.0, 0.0), (-6.0, 1.0, 0.0, 0.0), (0.0, 1.08, 0.0, 0.0), (0.0, 0.92, 0.0, 0.0),
+)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _probabilities(model, variables, images_bhwc):
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _probabilities(model, variables, images_bhwc, view):
+    if view != TTA_VIEWS[0]:
+        images_bhwc = jax.vmap(augment.transform, in_axes=(0, None, None, None, None))(
+            images_bhwc, *view)
     return jax.nn.softmax(model.apply(variables, images_bhwc), axis=-1)
 
 
 def predict_probabilities(model, variables, images_bhwc: np.ndarray,
-                          batch_size: int = 1000) -> np.ndarray:
-    """Softmax probabilities (N, 10) for float32 images (N, 28, 28, 1) in [0, 1].
+                          batch_size: int = 1000, tta_views: int = 1) -> np.ndarray:
+    """Softmax probabilities (N, 10) for float32 images (N, 28, 28, 1) in [0, 1], averaged
+    over the first `tta_views` of TTA_VIEWS (1: the images as they are).
 
-    Fixed batches (the last one padded), so one compilation serves any N.
+    Fixed batches (the last one padded), so one compilation per view serves any N.
     """
+    if not 1 <= tta_views <= len(TTA_VIEWS):
+        raise FlaxDigitsError(
+            f"config.inference.tta_views={tta_views} must be between 1 and {len(TTA_VIEWS)}")
     count = len(images_bhwc)
     batch_size = max(1, min(batch_size, count))
-    out = []
-    for start in range(0, count, batch_size):
-        chunk = images_bhwc[start:start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(_probabilities(model, variables, chunk))[:batch_size - pad])
-    return np.concatenate(out) if out else np.zeros((0, data_lib.NUM_CLASSES), np.float32)
+    total = np.zeros((count, data_lib.NUM_CLASSES), np.float64)
+    for view in TTA_VIEWS[:tta_views]:
+        for start in range(0, count, batch_size):
+            chunk = images_bhwc[start:start + batch_size]
+            pad = batch_size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            probs = np.asarray(_probabilities(model, variables, chunk, view))
+            total[start:start + batch_size - pad] += probs[:batch_size - pad]
+    return (total / tta_views).astype(np.float32)
+
+
+def ensemble_probabilities(members, images_bhwc: np.ndarray, batch_size: int = 1000,
+                           tta_views: int = 1) -> np.ndarray:
+    """The mean of the members' (checkpoint.Trained) probabilities, each with TTA."""
+    total = sum(predict_probabilities(m.model, m.variables, images_bhwc, batch_size, tta_views)
+                .astype(np.float64) for m in members)
+    return (total / len(members)).astype(np.float32)
+
+
+def ensemble_members(trained: checkpoint_lib.Trained, config) -> list:
+    """`trained` and the best checkpoint of every workdir in
+    `config.inference.ensemble_workdirs`."""
+    inference = config.get("inference") or {}
+    others = [checkpoint_lib.load(w, which="best")
+              for w in inference.get("ensemble_workdirs", ()) or ()]
+    return [trained] + others
+
+
+def inference_settings(config) -> tuple[int, tuple]:
+    inference = config.get("inference") or {}
+    return int(inference.get("tta_views", 1)), tuple(inference.get("ensemble_workdirs", ()) or ())
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,16 +290,20 @@ def check_same_validation_split(config, trained_config) -> None:
 
 
 def write_report(workdir, trained: checkpoint_lib.Trained, dataset: data_lib.Dataset,
-                 batch_size: int = 1000) -> dict:
-    """Evaluates `trained` on the test split (else validation) of `dataset`; writes
-    `workdir/report.json` and `workdir/plots/*.png`, logs the table, returns the report."""
+                 config) -> dict:
+    """Evaluates `trained` on the test split (else validation) of `dataset`, with the TTA
+    and ensemble that `config.inference` asks for; writes `workdir/report.json` and
+    `workdir/plots/*.png`, logs the table, returns the report."""
     workdir = pathlib.Path(workdir)
     name, split, note = report_split(dataset)
-    probabilities_bk = predict_probabilities(trained.model, trained.variables, split.images,
-                                             batch_size)
+    tta_views, ensemble = inference_settings(config)
+    members = ensemble_members(trained, config)
+    probabilities_bk = ensemble_probabilities(members, split.images, config.eval_batch_size,
+                                              tta_views)
     true_ids = split.label_ids
     report = classification_report(true_ids, probabilities_bk.argmax(-1))
-    report.update(split=name, step=int(trained.step), data=dataset.source)
+    report.update(split=name, step=int(trained.step), data=dataset.source,
+                  tta_views=tta_views, ensemble_workdirs=list(ensemble))
     if note:
         report["note"] = note
 
@@ -287,7 +331,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir) -> dict:
     dataset = data_lib.load_dataset(config.data)
     if dataset.test is None:
         check_same_validation_split(config, trained.config)
-    return write_report(workdir, trained, dataset, config.eval_batch_size)
+    return write_report(workdir, trained, dataset, config)
 
 
 def predict_workdir(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
@@ -301,9 +345,10 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
         raise FlaxDigitsError(f"{test_csv}: no such file (--mode=predict needs Kaggle's test.csv)")
     trained = checkpoint_lib.load(workdir, which="best")
     images, _ = data_lib.read_kaggle_csv(test_csv, labelled=False)
-    probabilities_bk = predict_probabilities(
-        trained.model, trained.variables, data_lib.to_model_inputs(images),
-        config.eval_batch_size)
+    tta_views, _ = inference_settings(config)
+    probabilities_bk = ensemble_probabilities(
+        ensemble_members(trained, config), data_lib.to_model_inputs(images),
+        config.eval_batch_size, tta_views)
     path = write_submission(pathlib.Path(workdir) / SUBMISSION_FILE, probabilities_bk.argmax(-1))
     logging.info("Wrote %s: %d predictions for %s (step %d); predicted digit counts %s",
                  path, len(images), test_csv, trained.step,

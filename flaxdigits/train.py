@@ -511,5 +511,5 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
     best_step = checkpoints.best_step()
     trained = checkpoint_lib.Trained(model, checkpoints.restore_variables(best_step), config,
                                      best_step)
-    report = evaluate_lib.write_report(workdir, trained, dataset, config.eval_batch_size)
+    report = evaluate_lib.write_report(workdir, trained, dataset, config)
     return {**final, "report": report}

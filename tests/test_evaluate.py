@@ -217,3 +217,57 @@ def test_predict_needs_a_test_csv(trained, tmp_path):
     with pytest.raises(FlaxDigitsError, match="test.csv: no such file"):
         evaluate.predict_workdir(helpers.tiny_config(**{"data.dir": str(tmp_path)}),
                                  trained["workdir"])
+
+
+# ---------------------------------------------------------------------------------------
+# Test-time augmentation and ensembles
+
+
+def small_trained(seed):
+    config = helpers.tiny_config(**{"model.name": "fast_cnn", "seed": seed})
+    model = train.create_model(config.model)
+    state = train.create_train_state(config, model, jax.random.key(seed), 10)
+    return checkpoint_lib.Trained(model, train.model_variables(state), config, 0)
+
+
+def test_tta_averages_the_views_it_names():
+    from flaxdigits import augment
+
+    member = small_trained(0)
+    images = data_lib.to_model_inputs(helpers.synthetic_digits(12)[0])
+    got = evaluate.predict_probabilities(member.model, member.variables, images, 5,
+                                         tta_views=3)
+    views = [images] + [np.asarray(jax.vmap(augment.transform,
+                                            in_axes=(0, None, None, None, None))(images, *v))
+                        for v in evaluate.TTA_VIEWS[1:3]]
+    assert evaluate.TTA_VIEWS[1:3] == ((0.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, 0.0))
+    expected = np.mean([jax.nn.softmax(member.model.apply(member.variables, v)) for v in views],
+                       axis=0)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert not np.allclose(got, evaluate.predict_probabilities(
+        member.model, member.variables, images, 5), atol=1e-4)  # the views changed something
+    with pytest.raises(FlaxDigitsError, match="tta_views=10 must be between 1 and 9"):
+        evaluate.predict_probabilities(member.model, member.variables, images, tta_views=10)
+
+
+def test_ensemble_is_the_mean_of_its_members():
+    members = [small_trained(0), small_trained(1)]
+    images = data_lib.to_model_inputs(helpers.synthetic_digits(7)[0])
+    each = [evaluate.predict_probabilities(m.model, m.variables, images) for m in members]
+    assert not np.allclose(each[0], each[1])
+    np.testing.assert_allclose(evaluate.ensemble_probabilities(members, images),
+                               (each[0] + each[1]) / 2, atol=1e-6)
+
+
+def test_report_with_tta_and_an_ensemble_workdir(trained, tmp_path):
+    workdir = trained["workdir"]
+    config = helpers.tiny_config(**{"data.dir": str(trained["data_dir"]),
+                                    "eval_batch_size": 256, "inference.tta_views": 5,
+                                    "inference.ensemble_workdirs": (str(workdir),)})
+    report = evaluate.evaluate_workdir(config, workdir)
+    assert report["tta_views"] == 5 and report["ensemble_workdirs"] == [str(workdir)]
+    # The same model twice, each with the same 5 views: the mean of 5 views of one model.
+    one = checkpoint_lib.load(workdir)
+    split = data_lib.load_dataset(config.data).test
+    probs = evaluate.predict_probabilities(one.model, one.variables, split.images, 256, 5)
+    assert report["accuracy"] == np.mean(probs.argmax(-1) == split.label_ids)
