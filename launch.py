@@ -19,10 +19,13 @@ config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/base.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for config.json, metrics.jsonl and outputs.")
 flags.DEFINE_enum(
-    "mode", "train", ["train", "evaluate", "predict"],
+    "mode", "train", ["train", "evaluate", "predict", "serve"],
     "train: train (or resume) and report. evaluate: report.json and plots/ of the workdir's "
     "best checkpoint on the config's data. predict: submission.csv for the Kaggle test.csv "
-    "in --config.data.dir.")
+    "in --config.data.dir. serve: the drawing page and JSON API for the workdir's model.")
+flags.DEFINE_integer("port", 8080, "--mode=serve: the port to listen on.")
+flags.DEFINE_string("host", "127.0.0.1", "--mode=serve: the address to listen on "
+                    "(0.0.0.0 for every interface).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -65,6 +68,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(quiet_orbax)
     try:
+        if FLAGS.mode == "serve":
+            from flaxdigits import serve
+
+            return serve.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
         print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
     except RunStopped as e:
         logging.flush()
