@@ -23,8 +23,12 @@ import time
 import numpy as np
 
 from flaxdigits import checkpoint as checkpoint_lib
+from flaxdigits.errors import FlaxDigitsError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # an upload larger than this is refused (413)
+# waitress drops bodies above this outright (plain-text 413); between MAX_BODY_BYTES and it,
+# the app answers the 413 itself, in JSON.
+WAITRESS_BODY_LIMIT = 4 * MAX_BODY_BYTES
 MAX_IMAGE_PIXELS = 4096 * 4096  # a decoded image larger than this is refused (413)
 SIDE = 28  # MNIST images are 28x28 ...
 FIT_BOX = 20  # ... with the digit scaled to fit a 20x20 box
@@ -224,9 +228,19 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 8):
                  predictor.trained.config.model.name, predictor.trained.step,
                  time.monotonic() - start)
     app = create_app(predictor)
-    logging.info("Serving on http://%s:%d/ (Ctrl-C stops)", host, port)
-    waitress.serve(app, host=host, port=port, threads=threads,
-                   max_request_body_size=MAX_BODY_BYTES + 1024, ident="flaxdigits")
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=threads,
+                                        max_request_body_size=WAITRESS_BODY_LIMIT,
+                                        ident="flaxdigits")
+    except OSError as e:
+        raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    logging.info("Serving on http://%s:%d/ (Ctrl-C stops)", host, server.effective_port)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        logging.info("Stopped")
+    finally:
+        server.close()
 
 
 def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
@@ -235,7 +249,7 @@ def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 
     import waitress.server
 
     server = waitress.server.create_server(app, host=host, port=port, threads=threads,
-                                           max_request_body_size=MAX_BODY_BYTES + 1024)
+                                           max_request_body_size=WAITRESS_BODY_LIMIT)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     return f"http://{host}:{server.effective_port}", server

@@ -260,3 +260,39 @@ def test_drawing_on_the_page_in_chromium(workdir, tmp_path):
     assert seen > 0  # the 28x28 image the model saw is shown
     assert cleared == "?"
     assert screenshot.stat().st_size > 10_000
+
+
+def test_launch_serves_a_workdir_and_refuses_a_missing_one(workdir, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.test_launch import launch
+
+    result = launch("--config=configs/tiny.py", f"--workdir={tmp_path / 'none'}", "--mode=serve")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"flaxdigits: error: {tmp_path / 'none'}: no trained model here")
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "launch.py", "--config=configs/tiny.py", f"--workdir={workdir}",
+         "--mode=serve", f"--port={port}"], cwd=helpers.REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    health = json.loads(r.read())
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()[1][-2000:]
+                time.sleep(0.25)
+        assert health["status"] == "ok" and health["model"] == "cnn"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,171 @@
+"""The web API under realistic input and load, measured through a real waitress server.
+
+    python benchmarks/serve.py --workdir=runs/fast [--digits=300] [--clients=16]
+
+With no --workdir it first trains configs/fast.py (about 20 s) into a temporary folder.
+Prints, side by side:
+  1. accuracy of the model on the first --digits MNIST test digits as they are (28x28 arrays,
+     the baseline), and of the API on the same digits redrawn the way people draw: large
+     (100-250 px tall), off-centre, dark strokes on a light 280x280 canvas, blurred a little,
+     sent as PNG;
+  2. latency with --clients concurrent clients posting those PNGs (p50, p90, p99, max) and
+     requests per second;
+  3. the status code of every kind of bad body (each must be a 4xx), and whether the server
+     still answers afterwards.
+"""
+
+import argparse
+import concurrent.futures
+import io
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageFilter  # noqa: E402
+
+from flaxdigits import data as data_lib  # noqa: E402
+from flaxdigits import evaluate, serve  # noqa: E402
+
+
+def redraw(digit: np.ndarray, rng: np.random.Generator, canvas: int = 280) -> bytes:
+    """An MNIST digit drawn large and off-centre, dark on light, slightly blurred, as PNG."""
+    ink = np.argwhere(digit > 0)
+    (r0, c0), (r1, c1) = ink.min(0), ink.max(0) + 1
+    crop = Image.fromarray(digit[r0:r1, c0:c1])
+    height = int(rng.integers(100, 251))
+    width = max(1, round(crop.width * height / crop.height))
+    big = np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR))
+    top = int(rng.integers(0, canvas - height + 1))
+    left = int(rng.integers(0, max(1, canvas - width + 1)))
+    page = np.zeros((canvas, canvas), np.uint8)
+    page[top:top + height, left:left + width] = big[:, :canvas - left]
+    image = Image.fromarray(255 - page).filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.5)))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def post(url: str, body: bytes, kind: str, timeout: float = 30.0):
+    request = urllib.request.Request(url + "/api/predict", data=body, method="POST",
+                                     headers={"Content-Type": kind})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        body = e.read()
+        try:
+            return e.code, json.loads(body or b"{}")
+        except json.JSONDecodeError:
+            return e.code, {"error": f"(not JSON) {body[:60]!r}"}
+
+
+def bad_bodies():
+    blank = io.BytesIO()
+    Image.new("L", (280, 280), 255).save(blank, format="PNG")
+    huge = io.BytesIO()
+    Image.new("L", (6000, 5000), 255).save(huge, format="PNG")
+    gif = io.BytesIO()
+    Image.new("L", (28, 28), 0).save(gif, format="GIF")
+    return [
+        ("not an image", b"hello", "image/png"),
+        ("empty body", b"", "image/png"),
+        ("truncated PNG", huge.getvalue()[:200], "image/png"),
+        ("broken JSON", b'{"pixels": [[1,', "application/json"),
+        ("JSON without pixels", b"{}", "application/json"),
+        ("wrong shape 27x28", json.dumps({"pixels": [[0] * 28] * 27}).encode(),
+         "application/json"),
+        ("value 300", json.dumps({"pixels": [[300] * 28] * 28}).encode(), "application/json"),
+        ("NaN", b'{"pixels": ' + json.dumps([[0] * 28] * 27 + [[0] * 27 + [1]]).encode()
+         .replace(b"1]]", b"NaN]]") + b"}", "application/json"),
+        ("blank canvas", blank.getvalue(), "image/png"),
+        ("30 M pixel PNG", huge.getvalue(), "image/png"),
+        ("5 MB body", b"\x89PNG" + b"0" * (5 * 1024 * 1024), "image/png"),
+        ("GIF", gif.getvalue(), "image/png"),
+        ("text/plain", b"7", "text/plain"),
+    ]
+
+
+def train_fast(workdir: pathlib.Path, data_dir: str) -> None:
+    print(f"(training configs/fast.py into {workdir} ...)", flush=True)
+    subprocess.run([sys.executable, "launch.py", "--config=configs/fast.py",
+                    f"--workdir={workdir}", f"--config.data.dir={data_dir}"],
+                   cwd=REPO, check=True, capture_output=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", help="a trained workdir; default: train configs/fast.py")
+    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--digits", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=640, help="in the latency part")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = pathlib.Path(args.workdir or pathlib.Path(scratch) / "fast")
+        if not args.workdir:
+            train_fast(workdir, args.data_dir)
+        predictor = serve.Predictor(workdir)
+        url, server = serve.start_in_thread(serve.create_app(predictor), threads=8)
+        try:
+            run(args, predictor, url)
+        finally:
+            server.close()
+
+
+def run(args, predictor, url):
+    _, _, images, labels = data_lib.load_folder(args.data_dir)[0]
+    images, labels = images[:args.digits], labels[:args.digits]
+    rng = np.random.default_rng(0)
+    pngs = [redraw(image, rng) for image in images]
+
+    trained = predictor.trained
+    baseline = evaluate.predict_probabilities(trained.model, trained.variables,
+                                              data_lib.to_model_inputs(images)).argmax(-1)
+    answers = [post(url, body, "image/png") for body in pngs]
+    assert all(status == 200 for status, _ in answers), answers[:3]
+    api = np.array([result["label"] for _, result in answers])
+    print(f"model: {trained.config.model.name}, step {trained.step}")
+    print(f"\n1. accuracy on the first {len(labels)} MNIST test digits")
+    print(f"   as 28x28 arrays, straight into the model: {np.mean(baseline == labels):.4f}")
+    print(f"   redrawn (100-250 px, off-centre, dark on light 280x280, blurred), via the API: "
+          f"{np.mean(api == labels):.4f}")
+
+    def one(i):
+        start = time.perf_counter()
+        status, _ = post(url, pngs[i % len(pngs)], "image/png")
+        return status, time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+        list(pool.map(one, range(args.clients * 2)))  # warm the server's threads
+        start = time.perf_counter()
+        results = list(pool.map(one, range(args.requests)))
+        wall = time.perf_counter() - start
+    latencies = np.array([seconds for _, seconds in results]) * 1000
+    print(f"\n2. {args.requests} PNG requests from {args.clients} concurrent clients: "
+          f"{args.requests / wall:.0f} requests/s; latency ms p50 "
+          f"{np.percentile(latencies, 50):.1f}, p90 {np.percentile(latencies, 90):.1f}, "
+          f"p99 {np.percentile(latencies, 99):.1f}, max {latencies.max():.1f}; "
+          f"non-200: {sum(status != 200 for status, _ in results)}")
+
+    print("\n3. bad bodies")
+    all_4xx = True
+    for name, body, kind in bad_bodies():
+        status, answer = post(url, body, kind)
+        all_4xx &= 400 <= status < 500
+        print(f"   {name:<22} {status}  {answer.get('error', '')[:90]}")
+    status, _ = post(url, pngs[0], "image/png")
+    print(f"   every one a 4xx: {all_4xx}; a good request afterwards: {status}")
+
+
+if __name__ == "__main__":
+    main()
