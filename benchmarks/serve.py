@@ -8,7 +8,8 @@ Prints, side by side:
      the baseline), and of the API on the same digits redrawn the way people draw: large
      (100-250 px tall), off-centre, dark strokes on a light 280x280 canvas, blurred a little,
      sent as PNG;
-  2. latency with --clients concurrent clients posting those PNGs (p50, p90, p99, max) and
+  2. latency with --clients concurrent clients (threads of this process) posting those PNGs
+     to the server (launch.py --mode=serve in its own process): p50, p90, p99, max, and
      requests per second;
   3. the status code of every kind of bad body (each must be a 4xx), and whether the server
      still answers afterwards.
@@ -16,12 +17,16 @@ Prints, side by side:
 
 import argparse
 import concurrent.futures
+import gc
+import http.client
 import io
 import json
 import pathlib
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +38,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
 from flaxdigits import data as data_lib  # noqa: E402
-from flaxdigits import evaluate, serve  # noqa: E402
+from flaxdigits import checkpoint, evaluate  # noqa: E402
 
 
 def redraw(digit: np.ndarray, rng: np.random.Generator, canvas: int = 280) -> bytes:
@@ -68,6 +73,13 @@ def post(url: str, body: bytes, kind: str, timeout: float = 30.0):
             return e.code, {"error": f"(not JSON) {body[:60]!r}"}
 
 
+def small_png() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (280, 280), np.uint8)).save(
+        out, format="PNG")
+    return out.getvalue()
+
+
 def bad_bodies():
     blank = io.BytesIO()
     Image.new("L", (280, 280), 255).save(blank, format="PNG")
@@ -78,7 +90,7 @@ def bad_bodies():
     return [
         ("not an image", b"hello", "image/png"),
         ("empty body", b"", "image/png"),
-        ("truncated PNG", huge.getvalue()[:200], "image/png"),
+        ("truncated PNG", small_png()[:120], "image/png"),
         ("broken JSON", b'{"pixels": [[1,', "application/json"),
         ("JSON without pixels", b"{}", "application/json"),
         ("wrong shape 27x28", json.dumps({"pixels": [[0] * 28] * 27}).encode(),
@@ -107,28 +119,50 @@ def main():
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
     parser.add_argument("--digits", type=int, default=300)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=640, help="in the latency part")
+    parser.add_argument("--requests", type=int, default=1600, help="in the latency part")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
         workdir = pathlib.Path(args.workdir or pathlib.Path(scratch) / "fast")
         if not args.workdir:
             train_fast(workdir, args.data_dir)
-        predictor = serve.Predictor(workdir)
-        url, server = serve.start_in_thread(serve.create_app(predictor), threads=8)
+        # The server runs as an operator runs it: launch.py --mode=serve, its own process
+        # (a server inside this process would share the GIL with the 16 client threads).
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen(
+            [sys.executable, "launch.py", "--config=configs/base.py", f"--workdir={workdir}",
+             "--mode=serve", f"--port={port}"], cwd=REPO, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
         try:
-            run(args, predictor, url)
+            wait_until_up(url, server)
+            run(args, checkpoint.load(workdir), url)
         finally:
-            server.close()
+            server.terminate()
+            server.wait(timeout=30)
 
 
-def run(args, predictor, url):
+def wait_until_up(url, server, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit("the server exited; run it by hand to see why")
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.25)
+    sys.exit(f"the server did not answer {url}/healthz within {seconds} s")
+
+
+def run(args, trained, url):
     _, _, images, labels = data_lib.load_folder(args.data_dir)[0]
     images, labels = images[:args.digits], labels[:args.digits]
     rng = np.random.default_rng(0)
     pngs = [redraw(image, rng) for image in images]
 
-    trained = predictor.trained
     baseline = evaluate.predict_probabilities(trained.model, trained.variables,
                                               data_lib.to_model_inputs(images)).argmax(-1)
     answers = [post(url, body, "image/png") for body in pngs]
@@ -140,22 +174,40 @@ def run(args, predictor, url):
     print(f"   redrawn (100-250 px, off-centre, dark on light 280x280, blurred), via the API: "
           f"{np.mean(api == labels):.4f}")
 
-    def one(i):
+    local = threading.local()
+    host, port = url.removeprefix("http://").split(":")
+
+    def keep_alive(i):  # each client keeps its connection open, as a browser does
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        start = time.perf_counter()
+        local.connection.request("POST", "/api/predict", body=pngs[i % len(pngs)],
+                                 headers={"Content-Type": "image/png"})
+        response = local.connection.getresponse()
+        response.read()
+        return response.status, time.perf_counter() - start
+
+    def new_connection(i):  # a new connection per request, as curl or a script does
         start = time.perf_counter()
         status, _ = post(url, pngs[i % len(pngs)], "image/png")
         return status, time.perf_counter() - start
 
-    with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
-        list(pool.map(one, range(args.clients * 2)))  # warm the server's threads
-        start = time.perf_counter()
-        results = list(pool.map(one, range(args.requests)))
-        wall = time.perf_counter() - start
-    latencies = np.array([seconds for _, seconds in results]) * 1000
-    print(f"\n2. {args.requests} PNG requests from {args.clients} concurrent clients: "
-          f"{args.requests / wall:.0f} requests/s; latency ms p50 "
-          f"{np.percentile(latencies, 50):.1f}, p90 {np.percentile(latencies, 90):.1f}, "
-          f"p99 {np.percentile(latencies, 99):.1f}, max {latencies.max():.1f}; "
-          f"non-200: {sum(status != 200 for status, _ in results)}")
+    gc.collect()
+    gc.freeze()  # as the server does: no full garbage-collector pass stalls the clients
+    print(f"\n2. {args.requests} PNG requests from {args.clients} concurrent clients "
+          f"(latency in ms)")
+    for name, one in (("keep-alive connections", keep_alive),
+                      ("a new connection per request", new_connection)):
+        with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(one, range(args.clients * 2)))  # warm up every client
+            start = time.perf_counter()
+            results = list(pool.map(one, range(args.requests)))
+            wall = time.perf_counter() - start
+        latencies = np.array([seconds for _, seconds in results]) * 1000
+        print(f"   {name:<30} {args.requests / wall:5.0f} requests/s; p50 "
+              f"{np.percentile(latencies, 50):.1f}, p90 {np.percentile(latencies, 90):.1f}, "
+              f"p99 {np.percentile(latencies, 99):.1f}, max {latencies.max():.1f}; non-200: "
+              f"{sum(status != 200 for status, _ in results)}", flush=True)
 
     print("\n3. bad bodies")
     all_4xx = True

@@ -13,6 +13,7 @@ drawn large, small or off-centre on a big canvas reaches the model as MNIST digi
 Bad input gets a 4xx with {"error": "..."}; the server keeps serving.
 """
 
+import gc
 import io
 import json
 import logging
@@ -218,8 +219,15 @@ def create_app(predictor, max_body_bytes: int = MAX_BODY_BYTES):
     return app
 
 
-def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 8):
-    """Loads `workdir` once and serves the app with waitress until interrupted."""
+def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
+    """Loads `workdir` once and serves the app with waitress until interrupted.
+
+    One worker thread: a request is ~1.6 ms of CPU work under Python's GIL, so more threads
+    add lock contention, not throughput. benchmarks/serve.py, 16 concurrent clients, 2-core
+    CPU: 1 thread 643-711 requests/s, p99 29-33 ms; 2 threads ~510/s, p99 43-47 ms;
+    4 threads ~400/s, p99 55 ms. waitress's main thread still reads and writes every
+    connection asynchronously, so a slow client does not hold the worker.
+    """
     import waitress
 
     start = time.monotonic()
@@ -228,6 +236,11 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 8):
                  predictor.trained.config.model.name, predictor.trained.step,
                  time.monotonic() - start)
     app = create_app(predictor)
+    # Everything loaded so far (JAX, flax, the model) lives as long as the server: keep it
+    # out of the garbage collector's full passes, which otherwise stall every request in
+    # flight for ~100 ms now and then (measured by benchmarks/serve.py).
+    gc.collect()
+    gc.freeze()
     try:
         server = waitress.create_server(app, host=host, port=port, threads=threads,
                                         max_request_body_size=WAITRESS_BODY_LIMIT,
