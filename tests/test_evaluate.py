@@ -210,7 +210,7 @@ def test_unknown_mode_is_one_line(tmp_path):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert lines == ["flaxdigits: error: flag --mode=score: value should be one of "
-                     "<train|evaluate|predict>"]
+                     "<train|evaluate|predict|serve>"]
 
 
 def test_predict_needs_a_test_csv(trained, tmp_path):
