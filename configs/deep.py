@@ -7,7 +7,9 @@ BatchNorm) with 48 and 96 channels, each followed by max-pooling, dense 256 + Ba
 dropout 0.3. Training batches are turned by up to 10 degrees, resized by up to 10% and moved
 by up to 2 pixels (flaxdigits/augment.py, on the device). Adam, one-cycle schedule to 3e-3.
 The checkpoint kept as "best" is chosen by validation accuracy only.
-Measured figures: see the README's configs table.
+Measured on the 2-core development CPU with --config.data.dir=../shared/data/mnist
+(2026-11-24, seed 0): MNIST test accuracy 0.9966 (0.9971 with --config.inference.tta_views=9)
+after 1,330 s (22 min 10 s) of training; the whole process 22 min 21 s.
 """
 
 from configs import base
