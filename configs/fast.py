@@ -4,8 +4,11 @@
 
 FastCNN (models.py): a 5x5 stride-2 stem, so the first block works at 14x14, then one 3x3
 block, both with BatchNorm, max-pooling as reshape + max, a 128-unit dense layer; Adam with a
-one-cycle schedule peaking at 1e-2, batch 128. Measured: see the README table and
-benchmarks/speed.py.
+one-cycle schedule peaking at 1e-2, batch 128.
+Measured on the 2-core development CPU with --config.data.dir=../shared/data/mnist
+(2026-11-24, `python benchmarks/speed.py --parts=3`, seeds 0/1/2): MNIST test accuracy
+0.9911 / 0.9907 / 0.9913 after 11.09 / 11.09 / 11.10 s of training; the whole process
+17.31 / 16.65 / 17.06 s.
 """
 
 from configs import base

@@ -210,8 +210,7 @@ def load(workdir, which: str = "best") -> Trained:
 
 
 def model_from_config(config: ml_collections.ConfigDict):
-    """The linen module that `config.model` describes (JSON lists read back as tuples)."""
-    kwargs = {k: tuple(v) if isinstance(v, list) else v
-              for k, v in config.model.to_dict().items() if k != "name"}
+    """The linen module that `config.model` (and `config.dtype`) describe."""
+    kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
     dtype = jnp.dtype(config.get("dtype", "float32"))
     return models.create_model(config.model.name, dtype=dtype, **kwargs)

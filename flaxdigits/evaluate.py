@@ -20,6 +20,7 @@ import numpy as np
 from flaxdigits import augment
 from flaxdigits import checkpoint as checkpoint_lib
 from flaxdigits import data as data_lib
+from flaxdigits import models
 from flaxdigits.errors import FlaxDigitsError
 
 REPORT_FILE = "report.json"
@@ -43,7 +44,7 @@ def _probabilities(model, variables, images_bhwc, view):
     if view != TTA_VIEWS[0]:
         images_bhwc = jax.vmap(augment.transform, in_axes=(0, None, None, None, None))(
             images_bhwc, *view)
-    return jax.nn.softmax(model.apply(variables, images_bhwc), axis=-1)
+    return models.probabilities(model, variables, images_bhwc)
 
 
 def predict_probabilities(model, variables, images_bhwc: np.ndarray,
@@ -78,18 +79,19 @@ def ensemble_probabilities(members, images_bhwc: np.ndarray, batch_size: int = 1
     return (total / len(members)).astype(np.float32)
 
 
-def ensemble_members(trained: checkpoint_lib.Trained, config) -> list:
-    """`trained` and the best checkpoint of every workdir in
-    `config.inference.ensemble_workdirs`."""
-    inference = config.get("inference") or {}
-    others = [checkpoint_lib.load(w, which="best")
-              for w in inference.get("ensemble_workdirs", ()) or ()]
-    return [trained] + others
-
-
 def inference_settings(config) -> tuple[int, tuple]:
+    """(tta_views, ensemble_workdirs) from `config.inference`; none for older configs."""
     inference = config.get("inference") or {}
     return int(inference.get("tta_views", 1)), tuple(inference.get("ensemble_workdirs", ()) or ())
+
+
+def predict_as_configured(trained: checkpoint_lib.Trained, images_bhwc: np.ndarray,
+                          config) -> np.ndarray:
+    """Probabilities of `trained`, averaged with the best checkpoint of every workdir in
+    `config.inference.ensemble_workdirs`, each with `config.inference.tta_views` views."""
+    tta_views, workdirs = inference_settings(config)
+    members = [trained] + [checkpoint_lib.load(w, which="best") for w in workdirs]
+    return ensemble_probabilities(members, images_bhwc, config.eval_batch_size, tta_views)
 
 
 # ---------------------------------------------------------------------------------------
@@ -297,9 +299,7 @@ def write_report(workdir, trained: checkpoint_lib.Trained, dataset: data_lib.Dat
     workdir = pathlib.Path(workdir)
     name, split, note = report_split(dataset)
     tta_views, ensemble = inference_settings(config)
-    members = ensemble_members(trained, config)
-    probabilities_bk = ensemble_probabilities(members, split.images, config.eval_batch_size,
-                                              tta_views)
+    probabilities_bk = predict_as_configured(trained, split.images, config)
     true_ids = split.label_ids
     report = classification_report(true_ids, probabilities_bk.argmax(-1))
     report.update(split=name, step=int(trained.step), data=dataset.source,
@@ -345,10 +345,7 @@ def predict_workdir(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
         raise FlaxDigitsError(f"{test_csv}: no such file (--mode=predict needs Kaggle's test.csv)")
     trained = checkpoint_lib.load(workdir, which="best")
     images, _ = data_lib.read_kaggle_csv(test_csv, labelled=False)
-    tta_views, _ = inference_settings(config)
-    probabilities_bk = ensemble_probabilities(
-        ensemble_members(trained, config), data_lib.to_model_inputs(images),
-        config.eval_batch_size, tta_views)
+    probabilities_bk = predict_as_configured(trained, data_lib.to_model_inputs(images), config)
     path = write_submission(pathlib.Path(workdir) / SUBMISSION_FILE, probabilities_bk.argmax(-1))
     logging.info("Wrote %s: %d predictions for %s (step %d); predicted digit counts %s",
                  path, len(images), test_csv, trained.step,

@@ -128,9 +128,11 @@ MODELS = {"cnn": CNN, "fast_cnn": FastCNN, "deep_cnn": DeepCNN}
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """The model called `name` in MODELS, built with `kwargs` (the rest of config.model)."""
+    """The model called `name` in MODELS, built with `kwargs` (the rest of config.model).
+    Lists (as a config read back from JSON has them) become tuples: modules are hashable."""
     if name not in MODELS:
         raise ValueError(f"config.model.name={name!r} is not one of {sorted(MODELS)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return MODELS[name](**kwargs)
 
 

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from flaxdigits import checkpoint as checkpoint_lib
+from flaxdigits import models
 from flaxdigits.errors import FlaxDigitsError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # an upload larger than this is refused (413)
@@ -161,7 +162,7 @@ class Predictor:
         self.trained = checkpoint_lib.load(workdir, which="best")
         model, variables = self.trained.model, self.trained.variables
         self._probabilities = jax.jit(
-            lambda images: jax.nn.softmax(model.apply(variables, images), axis=-1))
+            lambda images: models.probabilities(model, variables, images))
         self(np.zeros((SIDE, SIDE), np.float32))  # compile now, not on the first request
 
     def __call__(self, image_28x28: np.ndarray) -> np.ndarray:

@@ -178,7 +178,6 @@ def compute_dtype(config: ml_collections.ConfigDict):
 def create_model(model_config: ml_collections.ConfigDict, dtype=jnp.float32):
     kwargs = model_config.to_dict()
     name = kwargs.pop("name")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     try:
         return models.create_model(name, dtype=dtype, **kwargs)
     except (ValueError, TypeError) as e:
@@ -341,8 +340,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     Writes `workdir/config.json`, `workdir/metrics.jsonl` and `workdir/checkpoints/`; resumes
     from the latest checkpoint if there is one. Returns the final metrics of the last step
     (`test_accuracy` and `test_loss` where the data has a labelled test split) and, under
-    'report', the report of the best checkpoint (see `evaluate.write_report`). SIGTERM or SIGINT stops the
-    run after the current step with a checkpoint (raising RunStopped); so does
+    'report', the report of the best checkpoint (see `evaluate.write_report`). SIGTERM or
+    SIGINT stops the run after the current step with a checkpoint (raising RunStopped); so does
     `stop_at_step` (returning {'stopped_at_step': step}), for tests and time-boxed sessions.
     """
     workdir = pathlib.Path(workdir)
@@ -492,11 +491,11 @@ def _train_and_evaluate(config, workdir, checkpoints, stop_at_step):
 
     final = {"step": total_steps, "final": True,
              "train_seconds": time.monotonic() - start_time}
-    for name, split in (("val", val_batches), ("test", dataset.test)):
-        if split is not None:
-            if name == "test":
-                split = eval_batches(split, config.eval_batch_size, batch_sharding)
-            result = evaluate(state, split)
+    test_batches = (None if dataset.test is None else
+                    eval_batches(dataset.test, config.eval_batch_size, batch_sharding))
+    for name, batches in (("val", val_batches), ("test", test_batches)):
+        if batches is not None:
+            result = evaluate(state, batches)
             final.update({f"{name}_loss": result["loss"], f"{name}_accuracy": result["accuracy"]})
     if dataset.test is not None:
         logging.info("Test: loss %.4f, accuracy %.4f over %d examples", final["test_loss"],
