@@ -67,11 +67,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(quiet_orbax)
+    # The library's loggers follow absl's --verbosity (see flaxdigits/logs.py).
+    std_logging.getLogger("flaxdigits").setLevel(std_logging.getLogger().getEffectiveLevel())
     try:
-        if FLAGS.mode == "serve":
-            from flaxdigits import serve
+        from flaxdigits import config as config_lib
 
-            return serve.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
+        config_lib.validate(FLAGS.config)  # every mode: a bad value fails here, in seconds
+        if FLAGS.mode == "serve":
+            from flaxdigits.serving import app as serving_app
+
+            return serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
         print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
     except RunStopped as e:
         logging.flush()
@@ -85,14 +90,15 @@ def main(argv):
 def run_mode(mode: str, config, workdir) -> str:
     """Runs `mode`; returns the one line the launcher prints last."""
     # Imported here, after flag parsing, so that --help and flag errors stay fast.
-    from flaxdigits import evaluate, train
+    from flaxdigits.evaluation import report as report_lib
+    from flaxdigits.training import loop
 
     if mode == "predict":
-        return f"submission={evaluate.predict_workdir(config, workdir)}"
+        return f"submission={report_lib.predict_workdir(config, workdir)}"
     if mode == "train":
-        report = train.train_and_evaluate(config, workdir)["report"]
+        report = loop.train_and_evaluate(config, workdir)["report"]
     else:
-        report = evaluate.evaluate_workdir(config, workdir)
+        report = report_lib.evaluate_workdir(config, workdir)
     if report["split"] == "test":
         return f"test_accuracy={report['accuracy']:.4f}"
     return f"validation_accuracy={report['accuracy']:.4f} (this data has no labelled test split)"

@@ -2,8 +2,9 @@
 
 Pure JAX, jit-compiled inside the training step; every example gets its own transform,
 drawn from a key that the step derives from its step number, so a resumed run augments
-exactly as an uninterrupted one. Training batches only; evaluation sees the digits as
-they are. Off unless `config.augment` sets a strength (configs/base.py keeps it off).
+exactly as an uninterrupted one. Off unless `config.augment` sets a strength (configs/base.py
+keeps it off). Evaluation sees the digits as they are, or the fixed TTA_VIEWS where
+`config.inference.tta_views` asks for test-time augmentation.
 """
 
 from typing import NamedTuple, Optional
@@ -25,18 +26,21 @@ class Strength(NamedTuple):
 
 
 def from_config(config) -> Optional[Strength]:
-    """The Strength that `config.augment` asks for, or None for no augmentation."""
-    section = config.get("augment")
-    if section is None:
-        return None
+    """The Strength that `config.augment` asks for (checked by config.validate), or None
+    for no augmentation."""
+    section = config.augment
     strength = Strength(float(section.rotation_degrees), float(section.scale),
                         float(section.translation_pixels))
-    for name, value in strength._asdict().items():
-        if value < 0:
-            raise ValueError(f"config.augment.{name}={value} must be >= 0")
-    if strength.scale >= 1:
-        raise ValueError(f"config.augment.scale={strength.scale} must be below 1")
     return None if strength.is_identity else strength
+
+
+# Test-time views, (degrees, scale, shift rows, shift cols); the first is the digit as it
+# is. `config.inference.tta_views = n` averages the predictions of the first n.
+TTA_VIEWS = (
+    (0.0, 1.0, 0.0, 0.0),
+    (0.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, 0.0), (0.0, 1.0, 0.0, 1.0), (0.0, 1.0, 0.0, -1.0),
+    (6.0, 1.0, 0.0, 0.0), (-6.0, 1.0, 0.0, 0.0), (0.0, 1.08, 0.0, 0.0), (0.0, 0.92, 0.0, 0.0),
+)
 
 
 def transform(image_hwc: jax.Array, degrees, scale, shift_rows, shift_cols) -> jax.Array:

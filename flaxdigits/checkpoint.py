@@ -7,39 +7,24 @@ temporary folder and renames it when complete, so a run killed while saving leav
 previous checkpoint intact.
 """
 
-import json
 import logging
-import pathlib
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from flaxdigits import models
 from flaxdigits.errors import FlaxDigitsError
+from flaxdigits.workdir import Workdir
 
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
-
-# Fields that may change between a run and its resumption: they do not change what is
-# trained. Any other difference makes resuming an error rather than a silent mixture.
-RESUMABLE_CHANGES = frozenset({
-    "log_every_steps", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
-    "data.dir", "data.cache_dir", "data.tfds_data_dir",
-    "inference.tta_views", "inference.ensemble_workdirs",
-})
+log = logging.getLogger(__name__)
 
 
 class Checkpoints:
-    """Saves and restores the training state of one workdir."""
+    """Saves and restores the training state of one workdir (a Workdir or a path)."""
 
-    def __init__(self, workdir, keep: int, read_only: bool = False):
-        if keep < 1:
-            raise FlaxDigitsError(f"config.keep_checkpoints={keep} must be at least 1")
-        self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+    def __init__(self, workdir, keep: int = 1, read_only: bool = False):
+        self.directory = Workdir(workdir).checkpoint_dir
         policy = preservation_policy.AnyPreservationPolicy([
             preservation_policy.LatestN(keep),
             preservation_policy.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
@@ -61,6 +46,9 @@ class Checkpoints:
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
 
     def save(self, step: int, state, loop: dict, val_accuracy: Optional[float] = None):
         """Starts saving `state` and the JSON-able `loop` dict; returns before the write ends
@@ -96,7 +84,7 @@ class Checkpoints:
                     state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()))
             except Exception as e:  # orbax and tensorstore raise many kinds; all mean unreadable
                 errors.append(f"step {step}: {type(e).__name__}: {one_line(e)}")
-                logging.warning("Checkpoint %s/%d is unreadable, trying an older one: %s",
+                log.warning("Checkpoint %s/%d is unreadable, trying an older one: %s",
                                 self.directory, step, errors[-1])
                 continue
             return restored.state, restored.loop, step
@@ -130,87 +118,3 @@ class Checkpoints:
 def one_line(error: Exception) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-# ---------------------------------------------------------------------------------------
-# The config a workdir was trained with
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
-def read_config(workdir) -> Optional[dict]:
-    path = pathlib.Path(workdir) / CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FlaxDigitsError(f"{path}: not valid JSON ({e})") from None
-
-
-def check_resumable(workdir, config: ml_collections.ConfigDict) -> None:
-    """Raises if `config` trains something other than what `workdir` holds checkpoints of."""
-    saved = read_config(workdir)
-    if saved is None:
-        raise FlaxDigitsError(
-            f"{pathlib.Path(workdir) / CONFIG_FILE}: missing, so the checkpoints in "
-            f"{workdir} cannot be matched to a config; use a new --workdir")
-    saved = flatten(saved)
-    current = flatten(json.loads(config.to_json_best_effort()))
-    differ = sorted(k for k in set(saved) | set(current)
-                    if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
-    if differ:
-        details = ", ".join(f"{k} (saved {saved.get(k)!r}, now {current.get(k)!r})"
-                            for k in differ)
-        raise FlaxDigitsError(
-            f"{workdir} holds checkpoints of another config: {details}; resume with the saved "
-            f"settings or use a new --workdir")
-
-
-class Trained(NamedTuple):
-    """A trained model ready for inference: `model.apply(variables, images)`."""
-
-    model: Any  # a flax linen module
-    variables: dict  # {'params': ...} (and 'batch_stats' for BatchNorm models)
-    config: ml_collections.ConfigDict  # the config the workdir was trained with
-    step: int  # the training step of the checkpoint
-
-
-def load(workdir, which: str = "best") -> Trained:
-    """The model of a trained workdir, for inference.
-
-    `which`: 'best' (highest validation accuracy; the latest if none was validated) or
-    'latest'. The config is the one the workdir was trained with.
-    """
-    workdir = pathlib.Path(workdir)
-    saved = read_config(workdir)
-    if saved is None:
-        raise FlaxDigitsError(
-            f"{workdir}: no trained model here (no {CONFIG_FILE}); train one first with "
-            f"--mode=train")
-    config = ml_collections.ConfigDict(saved)
-    checkpoints = Checkpoints(workdir, keep=1, read_only=True)
-    try:
-        step = checkpoints.best_step() if which == "best" else checkpoints.manager.latest_step()
-        if step is None:
-            raise FlaxDigitsError(f"{checkpoints.directory}: no checkpoint to load")
-        variables = checkpoints.restore_variables(step)
-    finally:
-        checkpoints.close()
-    logging.info("Loaded %s step %d (%s)", checkpoints.directory, step, which)
-    return Trained(model_from_config(config), variables, config, step)
-
-
-def model_from_config(config: ml_collections.ConfigDict):
-    """The linen module that `config.model` (and `config.dtype`) describe."""
-    kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-    dtype = jnp.dtype(config.get("dtype", "float32"))
-    return models.create_model(config.model.name, dtype=dtype, **kwargs)

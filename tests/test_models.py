@@ -12,18 +12,22 @@ from flaxdigits.models import CNN
 
 
 def init(model, batch=1):
-    return model.init(jax.random.key(0), jnp.zeros((batch, 28, 28, 1), jnp.float32))
+    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((batch, 28, 28, 1), jnp.float32))
+
+
+def shapes(model):
+    """The variables' shapes only: counting parameters needs no computation."""
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
 
 
 def test_cnn_parameter_count_is_exact():
     # conv 3x3 1->32: 320; conv 3x3 32->64: 18,496; dense 7*7*64->128: 401,536;
     # dense 128->10: 1,290.
-    assert models.count_params(init(CNN())) == 320 + 18_496 + 401_536 + 1_290 == 421_642
+    assert models.count_params(shapes(CNN())) == 320 + 18_496 + 401_536 + 1_290 == 421_642
 
 
 def test_cnn_widths_are_configurable():
-    variables = init(CNN(conv_features=(4, 8), dense_features=16))
-    assert models.count_params(variables) == 40 + 296 + (7 * 7 * 8 * 16 + 16) + 170
+    assert models.count_params(shapes(CNN(conv_features=(4, 8), dense_features=16))) == 40 + 296 + (7 * 7 * 8 * 16 + 16) + 170
 
 
 def test_cnn_maps_images_to_logits_and_probabilities():
@@ -38,12 +42,17 @@ def test_cnn_maps_images_to_logits_and_probabilities():
     np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-6)
 
 
-def test_create_model_by_name():
+def test_create_model_by_name_and_from_a_config():
     assert isinstance(models.create_model("cnn", dense_features=8), CNN)
     with pytest.raises(ValueError, match="not one of"):
         models.create_model("resnet")
+    from configs import deep
+
+    model = models.model_from_config(deep.get_config())
+    assert isinstance(model, models.DeepCNN) and model.block_features == (48, 96)
 
 
+@pytest.mark.slow  # a subprocess
 def test_importing_models_pulls_in_no_data_or_launcher_stack():
     # flax itself imports absl.logging (and so absl.flags' module); what must not happen is
     # that flaxdigits.models defines flags of its own or drags in TF, tfds, pandas or configs.
@@ -54,8 +63,10 @@ import flax.linen
 before = set(flags.FLAGS)
 from flaxdigits.models import CNN
 heavy = [m for m in sys.modules if m.split('.')[0] in
-         ('tensorflow', 'tensorflow_datasets', 'pandas', 'launch', 'configs')
-         or m.startswith('ml_collections.config_flags')]
+         ('tensorflow', 'tensorflow_datasets', 'pandas', 'launch', 'configs', 'optax',
+          'orbax', 'matplotlib', 'flask')
+         or m.startswith('ml_collections.config_flags')
+         or (m.startswith('flaxdigits.') and m != 'flaxdigits.models')]
 print(json.dumps({'heavy': heavy, 'new_flags': sorted(set(flags.FLAGS) - before)}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -85,7 +96,8 @@ def test_max_pool_2x2_matches_flax_max_pool_including_odd_sizes():
                                       nn.max_pool(x, (2, 2), strides=(2, 2)))
 
 
-@pytest.mark.parametrize("model", [models.FastCNN(), models.DeepCNN()],
+@pytest.mark.parametrize("model", [models.FastCNN(),
+                                   pytest.param(models.DeepCNN(), marks=pytest.mark.slow)],
                          ids=["fast_cnn", "deep_cnn"])
 def test_batchnorm_models_build_and_run(model):
     variables = init(model, batch=2)
@@ -97,10 +109,11 @@ def test_batchnorm_models_build_and_run(model):
 def test_fast_cnn_parameter_count_is_exact():
     # conv 5x5 1->32 (no bias, BN follows): 800, BN 64; conv 3x3 32->64: 18,432, BN 128;
     # dense 3*3*64->128: 73,856; dense 128->10: 1,290.
-    assert models.count_params(init(models.FastCNN())) == (
+    assert models.count_params(shapes(models.FastCNN())) == (
         800 + 64 + 18_432 + 128 + 73_856 + 1_290)
 
 
+@pytest.mark.slow
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
     model = CNN(conv_features=(4, 8), dense_features=16, dtype=jnp.bfloat16)
     variables = init(model)

@@ -1,34 +1,30 @@
 """Data parallelism: the same run on 1 and on 8 (simulated) devices agrees."""
 
 import json
-import os
-import subprocess
-import sys
 
+import jax
 import numpy as np
 import pytest
 
-from flaxdigits import checkpoint as checkpoint_lib
-from flaxdigits import parallel
-from flaxdigits.errors import FlaxDigitsError
-from tests import helpers
+from flaxdigits import parallel, testing
+from flaxdigits.evaluation import inference
+from tests.conftest import run_launch
 
 
 def run_on_devices(count, data_dir, workdir):
     """launch.py in a subprocess that sees `count` CPU devices (XLA reads the flag at start)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
-    result = subprocess.run(
-        [sys.executable, "launch.py", "--config=configs/tiny.py", f"--workdir={workdir}",
-         f"--config.data.dir={data_dir}", "--config.num_epochs=2",
-         "--config.optim.learning_rate=3e-3", "--config.log_every_steps=5"],
-        cwd=helpers.REPO, capture_output=True, text=True, timeout=300, env=env)
+    result = run_launch(
+        "--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.dir={data_dir}",
+        "--config.num_epochs=2", "--config.optim.learning_rate=3e-3",
+        "--config.log_every_steps=5",
+        env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"})
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
+@pytest.mark.slow
 def test_eight_devices_train_like_one(tmp_path):
-    data_dir = helpers.write_idx_folder(tmp_path / "data", 600, 200)
+    data_dir = testing.write_idx_folder(tmp_path / "data", 600, 200)
     one = run_on_devices(1, data_dir, tmp_path / "one")
     eight = run_on_devices(8, data_dir, tmp_path / "eight")
     assert "CpuDevice(id=7)" in eight.stderr and "CpuDevice(id=1)" not in one.stderr
@@ -37,8 +33,8 @@ def test_eight_devices_train_like_one(tmp_path):
     report_eight = json.loads((tmp_path / "eight" / "report.json").read_text())
     assert report_one["accuracy"] == pytest.approx(report_eight["accuracy"], abs=0.01)
     # Same data order and keys; only the summation order of the gradient all-reduce differs.
-    params_one = checkpoint_lib.load(tmp_path / "one", which="latest").variables["params"]
-    params_eight = checkpoint_lib.load(tmp_path / "eight", which="latest").variables["params"]
+    params_one = inference.load(tmp_path / "one", which="latest").variables["params"]
+    params_eight = inference.load(tmp_path / "eight", which="latest").variables["params"]
     for a, b in zip(*(jax_leaves(p) for p in (params_one, params_eight))):
         np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3)
     losses = [[json.loads(line).get("train_loss") for line in
@@ -48,15 +44,15 @@ def test_eight_devices_train_like_one(tmp_path):
 
 
 def jax_leaves(tree):
-    import jax
-
     return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
 
 
-def test_batch_must_split_evenly_across_devices():
+def test_mesh_spans_every_device_and_shards_the_batch():
     mesh = parallel.data_mesh()
-    parallel.check_divisible(mesh.devices.size * 3, mesh, "batch_size")
-    fake = parallel.data_mesh(np.array(mesh.devices.tolist() * 4))  # 4x the devices
-    with pytest.raises(FlaxDigitsError, match=r"config.batch_size=6 must be a multiple of the "
-                                               rf"{4 * mesh.devices.size} devices"):
-        parallel.check_divisible(6, fake, "batch_size")
+    assert mesh.devices.size == len(jax.devices())
+    batch = parallel.put(np.arange(4 * mesh.devices.size, dtype=np.float32),
+                         parallel.batch_sharded(mesh))
+    np.testing.assert_array_equal(np.asarray(batch), np.arange(4 * mesh.devices.size))
+    assert batch.sharding == parallel.batch_sharded(mesh)
+    whole = parallel.put(np.ones((3, 2)), parallel.replicated(mesh))
+    assert whole.sharding.is_fully_replicated

@@ -1,0 +1,249 @@
+"""Every rule about a config, checked once, at the door.
+
+`validate(config)` runs before any data is read or any model is built: launch.py calls it
+for every mode, and so do the library's entry points (training.train_and_evaluate,
+evaluation.report.evaluate_workdir and predict_workdir), so a bad value never costs a
+training run. It raises FlaxDigitsError with one line naming the field, the value and what is
+allowed. Code deeper down trusts a checked config and does not check it again.
+
+`check_resumable` says which fields may change when a run resumes from its checkpoints.
+"""
+
+import dataclasses
+import json
+import math
+from typing import Callable, Optional
+
+import ml_collections
+
+from flaxdigits import IMAGE_SIDE, augment, models
+from flaxdigits.errors import FlaxDigitsError
+from flaxdigits.workdir import Workdir
+
+# A rule takes a value and returns what is wrong with it ("must be ..."), or None.
+Rule = Callable[[object], Optional[str]]
+
+
+def integer(low: Optional[int] = None, high: Optional[int] = None) -> Rule:
+    if high is not None:
+        wanted = f"an integer from {low} to {high}"
+    else:
+        wanted = "an integer" + (f" >= {low}" if low is not None else "")
+
+    def rule(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be {wanted}"
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"must be {wanted}"
+        return None
+    return rule
+
+
+def number(low: float, high: float = math.inf, *, low_open=False, high_open=False) -> Rule:
+    if high == math.inf:
+        wanted = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        wanted = (f"a number in {'(' if low_open else '['}{low:g}, "
+                  f"{high:g}{')' if high_open else ']'}")
+
+    def rule(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
+            return f"must be {wanted}"
+        if value < low or (low_open and value == low):
+            return f"must be {wanted}"
+        if value > high or (high_open and value == high):
+            return f"must be {wanted}"
+        return None
+    return rule
+
+
+def choice(*options: str) -> Rule:
+    def rule(value):
+        if value not in options:
+            return "must be one of " + ", ".join(repr(o) for o in options)
+        return None
+    return rule
+
+
+def text(value) -> Optional[str]:
+    return None if isinstance(value, str) else "must be a string (\"\" for the default)"
+
+
+def integers(low: int) -> Rule:
+    """A non-empty list of integers >= low (a tuple in a config, a list in JSON)."""
+    def rule(value):
+        if (not isinstance(value, (list, tuple)) or not value
+                or any(integer(low)(v) for v in value)):
+            return f"must be a non-empty list of integers >= {low}"
+        return None
+    return rule
+
+
+def workdirs(value) -> Optional[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        return "must be a list of workdir paths"
+    return None
+
+
+# Every field outside config.model, with its rule. A field that is not here is unknown.
+FIELDS: dict[str, Rule] = {
+    "seed": integer(0, 2**32 - 1),
+    "num_epochs": integer(1),
+    "batch_size": integer(1),
+    "eval_batch_size": integer(1),
+    "log_every_steps": integer(0),
+    "checkpoint_every_steps": integer(0),
+    "keep_checkpoints": integer(1),
+    "dtype": choice("float32", "bfloat16"),
+    "data.source": choice("files", "tfds"),
+    "data.dir": text,
+    "data.cache_dir": text,
+    "data.tfds_data_dir": text,
+    "data.validation_fraction": number(0, 1, high_open=True),
+    "data.split_seed": integer(0, 2**32 - 1),
+    "augment.rotation_degrees": number(0, 180),
+    "augment.scale": number(0, 1, high_open=True),
+    "augment.translation_pixels": number(0, IMAGE_SIDE / 2),
+    "inference.tta_views": integer(1, len(augment.TTA_VIEWS)),
+    "inference.ensemble_workdirs": workdirs,
+    "optim.learning_rate": number(0, low_open=True),
+    "optim.schedule": choice("constant", "cosine", "one_cycle"),
+    "optim.warmup_fraction": number(0, 1, low_open=True, high_open=True),
+}
+SECTIONS = ("data", "model", "augment", "inference", "optim")
+
+# The fields of config.model, by what they mean; which of them a model takes is read from
+# the module itself (its dataclass fields), so a new model needs no change here.
+MODEL_FIELDS: dict[str, Rule] = {
+    "conv_features": integers(1),
+    "dense_features": integer(1),
+    "dropout_rate": number(0, 1, high_open=True),
+    "stem_features": integer(1),
+    "block_features": integers(1),
+    "convs_per_block": integer(1),
+    "num_classes": integer(10, 10),
+}
+# FastCNN may leave out its hidden dense layer.
+MODEL_FIELD_OVERRIDES = {("fast_cnn", "dense_features"): integer(0)}
+# Which field's length says how many times the model halves the 28x28 image, and the side
+# before the first halving (a 5x5 stride-2 stem starts at 14x14).
+POOLING = {"cnn": ("conv_features", IMAGE_SIDE), "fast_cnn": ("conv_features", IMAGE_SIDE // 2),
+           "deep_cnn": ("block_features", IMAGE_SIDE // 2)}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; tuples as lists, as JSON has them."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def as_dict(config) -> dict:
+    return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+
+
+def validate(config, *, device_count: Optional[int] = None) -> None:
+    """Raises FlaxDigitsError naming the first bad field of `config`; see the module
+    docstring. `device_count`: the devices a batch is split across (default: all of JAX's)."""
+    tree = as_dict(config)
+    for section in SECTIONS:
+        if not isinstance(tree.get(section), dict):
+            raise FlaxDigitsError(f"config.{section} is missing: start from configs/base.py, "
+                                  f"which has every field")
+    flat = flatten({k: v for k, v in tree.items() if k != "model"})
+    for name in flat:
+        if name not in FIELDS:
+            raise FlaxDigitsError(f"config.{name}: no such config field")
+    for name, rule in FIELDS.items():
+        if name not in flat:
+            raise FlaxDigitsError(f"config.{name} is missing: start from configs/base.py, "
+                                  f"which has every field")
+        fault = rule(flat[name])
+        if fault:
+            raise FlaxDigitsError(f"config.{name}={flat[name]!r} {fault}")
+    validate_model(tree["model"], "config.model")
+
+    if device_count is None:
+        import jax
+
+        device_count = jax.device_count()
+    for name in ("batch_size", "eval_batch_size"):
+        if tree[name] % device_count:
+            raise FlaxDigitsError(
+                f"config.{name}={tree[name]} must be a multiple of the {device_count} devices "
+                f"it is split across")
+    for index, path in enumerate(tree["inference"]["ensemble_workdirs"]):
+        validate_member(path, f"config.inference.ensemble_workdirs[{index}]")
+
+
+def validate_model(model: dict, where: str) -> None:
+    """The rules of a config.model section (`where` names it in the message)."""
+    name = model.get("name")
+    if name not in models.MODELS:
+        raise FlaxDigitsError(f"{where}.name={name!r} must be one of "
+                              f"{', '.join(repr(m) for m in models.MODELS)}")
+    takes = [f.name for f in dataclasses.fields(models.MODELS[name])
+             if f.name not in ("parent", "name", "dtype")]
+    for field, value in model.items():
+        if field == "name":
+            continue
+        if field not in takes:
+            raise FlaxDigitsError(f"{where}.{field}: model {name!r} takes no such field (it "
+                                  f"takes {', '.join(takes)})")
+        rule = MODEL_FIELD_OVERRIDES.get((name, field)) or MODEL_FIELDS.get(field)
+        fault = rule(value) if rule else None
+        if fault:
+            raise FlaxDigitsError(f"{where}.{field}={value!r} {fault}")
+    field, side = POOLING[name]
+    halvings = len(model.get(field, getattr(models.MODELS[name], field)))
+    if side >> halvings < 1:
+        raise FlaxDigitsError(
+            f"{where}.{field}={model[field]!r} has {halvings} blocks, but each halves the "
+            f"image and {name!r} has room for {side.bit_length() - 1} at most")
+
+
+def validate_member(path: str, where: str) -> None:
+    """An ensemble member must be a trained workdir of a model flaxdigits knows."""
+    workdir = Workdir(path)
+    if not workdir.path.is_dir():
+        raise FlaxDigitsError(f"{where}={path!r}: no such folder")
+    saved = workdir.read_config()
+    if saved is None or not isinstance(saved.get("model"), dict):
+        raise FlaxDigitsError(f"{where}={path!r}: not a trained workdir (no config.json with "
+                              f"a model)")
+    validate_model(saved["model"], f"{where} ({workdir.config_file}): model")
+    if not workdir.has_checkpoints():
+        raise FlaxDigitsError(f"{where}={path!r}: holds no checkpoint to load")
+
+
+# Fields that may change between a run and its resumption: they do not change what is
+# trained. Any other difference makes resuming an error rather than a silent mixture.
+RESUMABLE_CHANGES = frozenset({
+    "log_every_steps", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
+    "data.dir", "data.cache_dir", "data.tfds_data_dir",
+    "inference.tta_views", "inference.ensemble_workdirs",
+})
+
+
+def check_resumable(config, workdir: Workdir) -> None:
+    """Raises if `config` trains something other than what `workdir` holds checkpoints of."""
+    saved = workdir.read_config()
+    if saved is None:
+        raise FlaxDigitsError(
+            f"{workdir.config_file}: missing, so the checkpoints in {workdir} cannot be "
+            f"matched to a config; use a new --workdir")
+    saved = flatten(saved)
+    current = flatten(json.loads(config.to_json_best_effort()))
+    differ = sorted(k for k in set(saved) | set(current)
+                    if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+    if differ:
+        details = ", ".join(f"{k} (saved {saved.get(k)!r}, now {current.get(k)!r})"
+                            for k in differ)
+        raise FlaxDigitsError(
+            f"{workdir} holds checkpoints of another config: {details}; resume with the saved "
+            f"settings or use a new --workdir")

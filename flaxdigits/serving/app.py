@@ -1,0 +1,157 @@
+"""Real-time digit recognition: a drawing page and a JSON API over a trained workdir.
+
+    python launch.py --config=configs/base.py --workdir=W --mode=serve --port=8080
+
+    GET  /              the page: draw with mouse or finger, or upload an image
+    POST /api/predict   body: an image (Content-Type image/png or image/jpeg), or JSON
+                        {"pixels": 28x28 numbers in 0..255}; answers {"label": d,
+                        "probabilities": [10 floats], "input": the 28x28 image the model saw}
+    GET  /healthz       {"status": "ok", ...}
+
+Every image goes through the preprocessing that made MNIST (serving/preprocess.py), so a
+digit drawn large, small or off-centre on a big canvas reaches the model as MNIST digits do.
+Bad input gets a 4xx with {"error": "..."}; the server keeps serving.
+"""
+
+import gc
+import logging
+import pathlib
+import threading
+import time
+
+import numpy as np
+
+from flaxdigits import IMAGE_SIDE, logs, models
+from flaxdigits.errors import FlaxDigitsError
+from flaxdigits.evaluation import inference
+from flaxdigits.serving import preprocess
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # an upload larger than this is refused (413)
+# waitress drops bodies above this outright (plain-text 413); between MAX_BODY_BYTES and it,
+# the app answers the 413 itself, in JSON.
+WAITRESS_BODY_LIMIT = 4 * MAX_BODY_BYTES
+IMAGE_TYPES = ("image/png", "image/jpeg")
+PAGE = pathlib.Path(__file__).with_name("web") / "index.html"
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+
+
+class Predictor:
+    """A workdir's best checkpoint, loaded once, its prediction compiled and warmed up."""
+
+    def __init__(self, workdir):
+        import jax
+
+        self.trained = inference.load(workdir, which="best")
+        model, variables = self.trained.model, self.trained.variables
+        self._probabilities = jax.jit(
+            lambda images: models.probabilities(model, variables, images))
+        self(np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32))  # compile now, not on a request
+
+    def __call__(self, image_28x28: np.ndarray) -> np.ndarray:
+        return np.asarray(self._probabilities(image_28x28[None, :, :, None]))[0]
+
+
+# ---------------------------------------------------------------------------------------
+# The web app
+
+
+def create_app(predictor, max_body_bytes: int = MAX_BODY_BYTES):
+    """The Flask app (any WSGI server can serve it); `predictor` maps a 28x28 image to 10
+    probabilities."""
+    from flask import Flask, Response, jsonify, request
+    from werkzeug.exceptions import HTTPException
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    page = PAGE.read_text()
+
+    @app.get("/")
+    def index():
+        return Response(page, mimetype="text/html")
+
+    @app.get("/healthz")
+    def healthz():
+        trained = getattr(predictor, "trained", None)
+        info = {"status": "ok"}
+        if trained is not None:
+            info.update(model=trained.config.model.name, step=trained.step)
+        return jsonify(info)
+
+    @app.post("/api/predict")
+    def predict():
+        kind = request.mimetype
+        if kind not in IMAGE_TYPES + ("application/json",):
+            raise preprocess.BadInput(415, f"Content-Type {kind or '(none)'} is not "
+                                           f"image/png, image/jpeg or application/json")
+        body = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413, never read
+        gray = (preprocess.pixels_from_json(body) if kind == "application/json"
+                else preprocess.decode_image(body))
+        image = preprocess.digit_like_mnist(gray)
+        probabilities = predictor(image)
+        return jsonify(label=int(probabilities.argmax()),
+                       probabilities=[round(float(p), 6) for p in probabilities],
+                       input=np.round(image * 255).astype(int).tolist())
+
+    @app.errorhandler(preprocess.BadInput)
+    def bad_input(error):
+        return jsonify(error=str(error)), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error):  # 404, 405, 413 ... as JSON, like every other answer
+        return jsonify(error=f"{error.name}: {error.description}"), error.code
+
+    return app
+
+
+def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
+    """Loads `workdir` once and serves the app with waitress until interrupted.
+
+    One worker thread: a request is a few milliseconds of CPU work under Python's GIL, so
+    more threads add lock contention, not throughput (benchmarks/serve.py measures it; the
+    figures are in the README). waitress's main thread still reads and writes every
+    connection asynchronously, so a slow client does not hold the worker.
+    """
+    import waitress
+
+    logs.show_progress()
+    start = time.monotonic()
+    predictor = Predictor(workdir)
+    log.info("Model %s (step %d) loaded and compiled in %.1f s",
+                 predictor.trained.config.model.name, predictor.trained.step,
+                 time.monotonic() - start)
+    app = create_app(predictor)
+    # Everything loaded so far (JAX, flax, the model) lives as long as the server: keep it
+    # out of the garbage collector's full passes, which otherwise stall every request in
+    # flight for ~100 ms now and then (measured by benchmarks/serve.py).
+    gc.collect()
+    gc.freeze()
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=threads,
+                                        max_request_body_size=WAITRESS_BODY_LIMIT,
+                                        ident="flaxdigits")
+    except OSError as e:
+        raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    log.info("Serving on http://%s:%d/ (Ctrl-C stops)", host, server.effective_port)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        log.info("Stopped")
+    finally:
+        server.close()
+
+
+def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
+    """Serves `app` with waitress in a daemon thread; returns (base URL, server). For tests
+    and benchmarks: port 0 picks a free port; `server.close()` stops it."""
+    import waitress.server
+
+    server = waitress.server.create_server(app, host=host, port=port, threads=threads,
+                                           max_request_body_size=WAITRESS_BODY_LIMIT)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    return f"http://{host}:{server.effective_port}", server

@@ -1,0 +1,123 @@
+"""The preprocessing that made MNIST, for digits drawn or photographed anywhere: request
+bodies (PNG, JPEG or JSON pixels) -> grayscale arrays -> 28x28 MNIST-style digits."""
+
+import io
+import json
+
+import numpy as np
+
+from flaxdigits import IMAGE_SIDE
+
+MAX_IMAGE_PIXELS = 4096 * 4096  # a decoded image larger than this is refused (413)
+FIT_BOX = 20  # MNIST scaled each digit to fit a 20x20 box ...
+MNIST_CENTRE = 14.0  # ... and put its centre of mass at pixel (14, 14)
+
+
+class BadInput(Exception):
+    """A request the API refuses: `status` (4xx) and a one-line message for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------
+# Bodies -> grayscale arrays
+
+
+def decode_image(body: bytes) -> np.ndarray:
+    """PNG or JPEG bytes -> float32 grayscale (H, W) in 0..255. Transparent pixels count as
+    white paper (a canvas exported with no background)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not body:
+        raise BadInput(400, "empty body: send a PNG or JPEG image")
+    try:
+        image = Image.open(io.BytesIO(body))  # reads the header only
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadInput(400, f"not a readable PNG or JPEG image ({type(e).__name__})") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise BadInput(413, f"image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS:,} "
+                            f"pixels are accepted")
+    if image.format not in ("PNG", "JPEG"):
+        raise BadInput(415, f"image format {image.format} is not PNG or JPEG")
+    try:
+        image.load()
+        if "A" in image.getbands() or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(paper, rgba)
+        gray = image.convert("L")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadInput(400, f"image could not be decoded ({type(e).__name__}: {e})") from None
+    return np.asarray(gray, dtype=np.float32)
+
+
+def pixels_from_json(body: bytes) -> np.ndarray:
+    """{"pixels": 28x28 numbers in 0..255} -> float32 (28, 28)."""
+    if not body:
+        raise BadInput(400, 'empty body: send {"pixels": [[...28 numbers], ... 28 rows]}')
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(400, f"body is not valid JSON ({e})") from None
+    if not isinstance(payload, dict) or "pixels" not in payload:
+        raise BadInput(422, 'JSON body must be an object with a "pixels" field')
+    try:
+        pixels = np.asarray(payload["pixels"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadInput(422, '"pixels" must be 28 rows of 28 numbers') from None
+    if pixels.shape != (IMAGE_SIDE, IMAGE_SIDE):
+        raise BadInput(422, f'"pixels" must be 28 rows of 28 numbers, not shape '
+                            f'{"x".join(map(str, pixels.shape)) or "scalar"}')
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
+        raise BadInput(422, '"pixels" values must be numbers in 0..255')
+    return pixels.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# The preprocessing that made MNIST
+
+
+def digit_like_mnist(gray: np.ndarray) -> np.ndarray:
+    """Any grayscale digit (H, W) in 0..255 -> float32 (28, 28) in [0, 1], as MNIST's were
+    made: light-on-dark (dark-on-light images are inverted, judged by the border); cropped
+    to the ink's bounding box; scaled to fit a 20x20 box keeping the aspect ratio (with
+    anti-aliasing); placed in 28x28 with its centre of mass at the centre.
+    Raises BadInput (422) for an image with no ink."""
+    from PIL import Image
+
+    x = np.asarray(gray, dtype=np.float32)
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    if np.median(border) > 127:  # paper is light: dark ink on it
+        x = 255.0 - x
+        border = 255.0 - border
+    x = np.clip(x - np.median(border), 0.0, None)  # the paper's own level is not ink
+    if x.max() < 32:
+        raise BadInput(422, "no digit found: the image is blank")
+
+    ink_rows = np.flatnonzero((x > 0.2 * x.max()).any(axis=1))
+    ink_cols = np.flatnonzero((x > 0.2 * x.max()).any(axis=0))
+    x = x[ink_rows[0]:ink_rows[-1] + 1, ink_cols[0]:ink_cols[-1] + 1]
+    height, width = x.shape
+    factor = FIT_BOX / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    # Pillow's resampling filters anti-alias when shrinking (the support widens with the
+    # factor), as MNIST's normalisation did.
+    fitted = np.asarray(Image.fromarray(x, mode="F").resize(size, Image.Resampling.BILINEAR))
+    fitted = np.clip(fitted, 0.0, None)
+
+    rows, cols = np.indices(fitted.shape)
+    mass = fitted.sum()
+    centre_row, centre_col = (rows * fitted).sum() / mass, (cols * fitted).sum() / mass
+    # MNIST put the centre of mass at pixel (14, 14) (measured: the mean over its training
+    # digits is (13.99, 14.00)), not at the geometric centre 13.5.
+    top = int(round(MNIST_CENTRE - centre_row))
+    left = int(round(MNIST_CENTRE - centre_col))
+    out = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
+    # Paste with clipping: a lopsided digit's centre of mass may push an edge outside.
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + fitted.shape[0], IMAGE_SIDE), min(left + fitted.shape[1], IMAGE_SIDE)
+    out[r0:r1, c0:c1] = fitted[r0 - top:r1 - top, c0 - left:c1 - left]
+    return out / out.max()

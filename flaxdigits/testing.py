@@ -1,0 +1,166 @@
+"""Helpers shared by the tests, the benchmarks and the notebook: synthetic digits in every
+on-disk format, digits redrawn the way people draw them, request bodies a server must
+refuse, and loopback-server plumbing. Nothing here is used by training or serving."""
+
+import gzip
+import io
+import json
+import pathlib
+import socket
+import subprocess
+import time
+import urllib.request
+from typing import Optional
+
+import numpy as np
+
+from flaxdigits import IMAGE_SIDE, NUM_CLASSES
+from flaxdigits.data import RawDigits, idx, kaggle
+
+# ---------------------------------------------------------------------------------------
+# Digits on disk
+
+
+def synthetic_digits(count: int, seed: int = 0):
+    """uint8 images (count, 28, 28) whose label is drawn as a bright bar: easy to learn."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % NUM_CLASSES
+    rng.shuffle(labels)
+    images = rng.integers(0, 40, size=(count, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    for image, label in zip(images, labels):
+        image[2 + 2 * label: 4 + 2 * label, 4:24] = 255
+    return images, labels.astype(np.int64)
+
+
+def write_idx_folder(folder: pathlib.Path, train_count=300, test_count=100, gz=True,
+                     dotted=False) -> pathlib.Path:
+    """Synthetic digits as MNIST IDX files; `dotted`: the 'train-images.idx3-ubyte' spelling."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count, seed in (("train", train_count, 0), ("t10k", test_count, 1)):
+        images, labels = synthetic_digits(count, seed)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            name = f"{prefix}-{kind}-ubyte"
+            if dotted:
+                name = name.replace(f"-{kind}", f"-{kind.split('-')[0]}.{kind.split('-')[1]}")
+            content = idx.to_bytes(array)
+            if gz:
+                (folder / (name + ".gz")).write_bytes(gzip.compress(content))
+            else:
+                (folder / name).write_bytes(content)
+    return folder
+
+
+def kaggle_train_frame(count=300, seed=0):
+    """Synthetic digits as a Kaggle train.csv DataFrame (label, pixel0..pixel783)."""
+    import pandas as pd
+
+    images, labels = synthetic_digits(count, seed)
+    frame = pd.DataFrame(images.reshape(count, -1), columns=kaggle.PIXEL_COLUMNS)
+    frame.insert(0, "label", labels)
+    return frame
+
+
+def write_kaggle_folder(folder: pathlib.Path, train_count=300, test_count=50) -> pathlib.Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    kaggle_train_frame(train_count).to_csv(folder / kaggle.TRAIN_FILE, index=False)
+    test = kaggle_train_frame(test_count, seed=1).drop(columns="label")
+    test.to_csv(folder / kaggle.TEST_FILE, index=False)
+    return folder
+
+
+def write_idx_subset(raw: RawDigits, folder: pathlib.Path, train_count: int,
+                     test_count: int) -> pathlib.Path:
+    """The first examples of `raw` (e.g. real MNIST) as an IDX folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in (("train-images-idx3-ubyte", raw.train_images[:train_count]),
+                        ("train-labels-idx1-ubyte", raw.train_labels[:train_count]),
+                        ("t10k-images-idx3-ubyte", raw.test_images[:test_count]),
+                        ("t10k-labels-idx1-ubyte", raw.test_labels[:test_count])):
+        (folder / name).write_bytes(idx.to_bytes(array))
+    return folder
+
+
+# ---------------------------------------------------------------------------------------
+# Digits as people draw them, and bodies a server must refuse
+
+
+def redraw(digit_28x28: np.ndarray, *, height=200, top=40, left=150, canvas=280,
+           blur=1.5) -> np.ndarray:
+    """An MNIST digit the way a person draws it on a page: `height` pixels tall at (`top`,
+    `left`) of a `canvas`-sized square, dark ink on light paper, blurred a little."""
+    from PIL import Image, ImageFilter
+
+    ink = np.argwhere(digit_28x28 > 0)
+    (r0, c0), (r1, c1) = ink.min(0), ink.max(0) + 1
+    crop = Image.fromarray(np.asarray(digit_28x28, np.uint8)[r0:r1, c0:c1])
+    width = max(1, round(crop.width * height / crop.height))
+    big = np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR))
+    page = np.zeros((canvas, canvas), np.uint8)
+    page[top:top + height, left:left + width] = big[:canvas - top, :canvas - left]
+    return np.asarray(Image.fromarray(255 - page).filter(ImageFilter.GaussianBlur(blur)))
+
+
+def encode(array_or_image, kind: str = "PNG") -> bytes:
+    """A uint8 array or a PIL image as PNG (or JPEG, GIF, ...) bytes."""
+    from PIL import Image
+
+    image = (array_or_image if isinstance(array_or_image, Image.Image)
+             else Image.fromarray(np.asarray(array_or_image, np.uint8)))
+    out = io.BytesIO()
+    image.save(out, format=kind)
+    return out.getvalue()
+
+
+def bad_bodies(body_limit: int) -> list[tuple[str, bytes, str, int]]:
+    """(name, body, Content-Type, the 4xx status it must get) for every kind of request the
+    API refuses; `body_limit` is the server's body limit in bytes."""
+    from PIL import Image
+
+    pixels = lambda rows: json.dumps({"pixels": rows}).encode()  # noqa: E731
+    return [
+        ("not an image", b"hello, world", "image/png", 400),
+        ("empty image body", b"", "image/png", 400),
+        ("truncated PNG", encode(np.random.default_rng(0).integers(0, 255, (280, 280)))[:120],
+         "image/png", 400),
+        ("empty JSON body", b"", "application/json", 400),
+        ("broken JSON", b'{"pixels": [[1, 2', "application/json", 400),
+        ("JSON without pixels", b'{"image": 1}', "application/json", 422),
+        ("wrong shape", pixels([[0] * 28] * 27), "application/json", 422),
+        ("ragged rows", pixels([[0] * 28] * 27 + [[0]]), "application/json", 422),
+        ("value out of range", pixels([[0] * 27 + [256]] * 28), "application/json", 422),
+        ("negative value", pixels([[-1] * 28] * 28), "application/json", 422),
+        ("not numbers", pixels([["a"] * 28] * 28), "application/json", 422),
+        ("NaN", pixels([[0] * 28] * 27 + [[0] * 27 + [1]]).replace(b"1]]", b"NaN]]"),
+         "application/json", 422),
+        ("blank canvas", encode(np.full((280, 280), 255)), "image/png", 422),
+        ("huge image", encode(Image.new("L", (5000, 4000), 255)), "image/png", 413),
+        ("body over the limit", b"\x89PNG" + b"0" * (body_limit + 1), "image/png", 413),
+        ("GIF", encode(Image.new("L", (28, 28), 0), "GIF"), "image/png", 415),
+        ("wrong content type", b"pixels", "text/plain", 415),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Servers on loopback
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(url: str, process: Optional[subprocess.Popen] = None,
+                  seconds: float = 120) -> dict:
+    """Polls `url` (e.g. .../healthz) until it answers; returns its JSON. Fails at once if
+    `process` (the server) exits, and after `seconds` in any case."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return json.loads(response.read())
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {seconds} s")

@@ -1,0 +1,124 @@
+"""The training state and the jitted steps: pure functions of (state, batch, key).
+
+Randomness comes from the step number: the step's key is `fold_in(key, state.step)`, split
+once into one key per consumer (dropout, augmentation), so a resumed run draws exactly the
+keys an uninterrupted one would and no key needs checkpointing.
+"""
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from flaxdigits import IMAGE_SIDE
+from flaxdigits import augment as augment_lib
+
+Batch = dict[str, Any]
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState (step, params, optimizer state) plus BatchNorm's running
+    statistics: an empty dict for models without BatchNorm."""
+
+    batch_stats: Any = None
+
+
+def model_variables(state: TrainState) -> dict:
+    """The variables `model.apply` takes: params, and batch_stats where the model has them."""
+    if state.batch_stats:
+        return {"params": state.params, "batch_stats": state.batch_stats}
+    return {"params": state.params}
+
+
+def create_train_state(model, tx: optax.GradientTransformation, key: jax.Array,
+                       sharding=None) -> TrainState:
+    """A fresh TrainState; with `sharding`, built directly in that placement (replicated
+    on every device of the mesh)."""
+    def build(key):
+        dummy_bhwc = jnp.zeros((1, IMAGE_SIDE, IMAGE_SIDE, 1), jnp.float32)
+        variables = model.init(key, dummy_bhwc)
+        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                                 batch_stats=variables.get("batch_stats", {}))
+
+    return jax.jit(build, out_shardings=sharding)(key)
+
+
+def cross_entropy(logits_bk: jax.Array, labels_bk: jax.Array) -> jax.Array:
+    """Categorical cross-entropy per example, on one-hot (or soft) labels."""
+    return optax.softmax_cross_entropy(logits_bk.astype(jnp.float32), labels_bk)
+
+
+def _train_step(state: TrainState, batch: Batch, key: jax.Array,
+                augment: Optional[augment_lib.Strength] = None):
+    dropout_key, augment_key = jax.random.split(jax.random.fold_in(key, state.step))
+    images_bhwc = batch["image"]
+    if augment is not None:
+        images_bhwc = augment_lib.augment_batch(augment_key, images_bhwc, augment)
+
+    def loss_fn(params):
+        variables = {**model_variables(state), "params": params}
+        logits_bk, updates = state.apply_fn(variables, images_bhwc, train=True,
+                                            rngs={"dropout": dropout_key},
+                                            mutable=["batch_stats"])
+        return cross_entropy(logits_bk, batch["label"]).mean(), (logits_bk, updates)
+
+    (loss, (logits_bk, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    state = state.apply_gradients(grads=grads,
+                                  batch_stats=updates.get("batch_stats", state.batch_stats))
+    accuracy = jnp.mean(logits_bk.argmax(-1) == batch["label"].argmax(-1))
+    return state, {"loss": loss, "accuracy": accuracy}
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=("augment",))
+def train_step(state: TrainState, batch: Batch, key: jax.Array, augment=None):
+    """One Adam step on batch {'image': (B, 28, 28, 1), 'label': one-hot (B, 10)}.
+
+    `augment` (an augment.Strength) transforms each image first. BatchNorm statistics (if
+    any) are updated from the batch. Returns the new state and {'loss', 'accuracy'} of the
+    batch, computed before the update.
+    """
+    return _train_step(state, batch, key, augment)
+
+
+@functools.partial(jax.jit, donate_argnums=0,
+                   static_argnames=("batch_size", "sharding", "augment"))
+def train_step_on_device(state: TrainState, train_data: Batch, order: jax.Array,
+                         index_in_epoch: jax.Array, key: jax.Array, *,
+                         batch_size: int, sharding=None, augment=None):
+    """`train_step` on batch `index_in_epoch` of the epoch order `order`, gathered on the
+    device from the device-resident `train_data`: no host work and no transfer per step.
+    `sharding` splits the batch across the devices of the mesh."""
+    rows = jax.lax.dynamic_slice_in_dim(order, index_in_epoch * batch_size, batch_size)
+    batch = {name: array[rows] for name, array in train_data.items()}
+    if sharding is not None:
+        batch = jax.lax.with_sharding_constraint(batch, sharding)
+    return _train_step(state, batch, key, augment)
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: Batch):
+    """Sums over one padded batch; `batch['mask']` is True for real examples."""
+    logits_bk = state.apply_fn(model_variables(state), batch["image"])
+    mask = batch["mask"]
+    correct = (logits_bk.argmax(-1) == batch["label"].argmax(-1)) & mask
+    return {
+        "loss_sum": jnp.sum(jnp.where(mask, cross_entropy(logits_bk, batch["label"]), 0.0)),
+        "correct": jnp.sum(correct, dtype=jnp.int32),
+        "count": jnp.sum(mask, dtype=jnp.int32),
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("size", "sharding"))
+def _epoch_order(key, epoch, *, size, sharding):
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), size)
+    return order if sharding is None else jax.lax.with_sharding_constraint(order, sharding)
+
+
+def epoch_order(key: jax.Array, epoch: int, size: int, sharding=None) -> jax.Array:
+    """The order of the training examples in `epoch` (a device array): a function of the
+    key and epoch only, so a resumed run shuffles exactly as an uninterrupted one."""
+    return _epoch_order(key, epoch, size=size, sharding=sharding)

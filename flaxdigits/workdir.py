@@ -1,0 +1,114 @@
+"""The files of a workdir, and how to read them back. No other module names them.
+
+    W/config.json       the config the run was trained with (written before training)
+    W/metrics.jsonl     one JSON record per log step, epoch end and the end of the run
+    W/checkpoints/      orbax checkpoints (flaxdigits/checkpoint.py)
+    W/report.json       the evaluation report of the best checkpoint
+    W/plots/*.png       training curves, confusion matrix, misclassified digits
+    W/submission.csv    Kaggle predictions (--mode=predict)
+"""
+
+import json
+import logging
+import os
+import pathlib
+from typing import Optional
+
+from flaxdigits.errors import FlaxDigitsError
+
+log = logging.getLogger(__name__)
+
+
+class Workdir:
+    """A workdir folder; its files are properties, so every path is spelled here once."""
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path).expanduser()
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:  # a Workdir goes wherever a path does
+        return str(self.path)
+
+    config_file = property(lambda self: self.path / "config.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    checkpoint_dir = property(lambda self: self.path.absolute() / "checkpoints")
+    report_file = property(lambda self: self.path / "report.json")
+    plots_dir = property(lambda self: self.path / "plots")
+    submission_file = property(lambda self: self.path / "submission.csv")
+
+    # -- config.json
+
+    def read_config(self) -> Optional[dict]:
+        """The saved config as a dict, or None where there is none."""
+        if not self.config_file.is_file():
+            return None
+        try:
+            config = json.loads(self.config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FlaxDigitsError(f"{self.config_file}: not valid JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise FlaxDigitsError(f"{self.config_file}: not a JSON object")
+        return config
+
+    def write_config(self, config) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.config_file, config.to_json_best_effort(indent=2) + "\n")
+
+    def has_checkpoints(self) -> bool:
+        """Whether checkpoints/ holds a finished step (orbax names each by its number)."""
+        return self.checkpoint_dir.is_dir() and any(
+            p.name.isdigit() for p in self.checkpoint_dir.iterdir() if p.is_dir())
+
+    # -- metrics.jsonl
+
+    def read_metrics(self) -> list[dict]:
+        """Every record of metrics.jsonl, in order ([] where there is no file). A torn last
+        line (a run killed while writing it) is dropped with a warning."""
+        if not self.metrics_file.is_file():
+            return []
+        lines = self.metrics_file.read_text().splitlines()
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    log.warning("%s: dropped a torn last line", self.metrics_file)
+                    break
+                raise FlaxDigitsError(f"{self.metrics_file}: line {number} is not JSON") \
+                    from None
+        return records
+
+    def rewrite_metrics(self, records: list[dict]) -> None:
+        write_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
+
+    def append_metrics(self, record: dict) -> None:
+        """Appended and flushed at once, so a crash loses nothing already written."""
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- outputs
+
+    def write_report(self, report: dict) -> None:
+        write_atomically(self.report_file, json.dumps(report, indent=2) + "\n")
+
+    def write_submission(self, labels) -> pathlib.Path:
+        """Kaggle's format: a header `ImageId,Label`, then one row per test image, ImageId
+        counting from 1 in the order of test.csv."""
+        lines = ["ImageId,Label"] + [f"{i},{int(label)}" for i, label in enumerate(labels, 1)]
+        write_atomically(self.submission_file, "\n".join(lines) + "\n")
+        return self.submission_file
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Readers never see half a file: written beside it, then renamed over it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

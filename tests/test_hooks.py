@@ -1,0 +1,56 @@
+"""flaxdigits/training/hooks.py: bookkeeping, tested with explicit values and timestamps."""
+
+import numpy as np
+import pytest
+
+from flaxdigits.errors import FlaxDigitsError
+from flaxdigits.training import hooks
+from flaxdigits.workdir import Workdir
+
+
+def test_is_time_and_progress_with_explicit_timestamps():
+    assert [s for s in range(1, 11) if hooks.is_time(s, 4)] == [4, 8]
+    assert not hooks.is_time(5, 0)
+    progress = hooks.Progress(total_steps=1000, first_step=0, now=100.0)
+    rate, eta = progress.report(200, now=110.0)
+    assert rate == pytest.approx(20.0) and eta == pytest.approx(40.0)
+    rate, eta = progress.report(300, now=115.0)
+    assert rate == pytest.approx(20.0) and eta == pytest.approx(35.0)
+    progress.restart(300, now=200.0)  # validation took 85 s: not part of the next rate
+    rate, _ = progress.report(400, now=210.0)
+    assert rate == pytest.approx(10.0)
+    assert hooks.format_seconds(3725) == "1:02:05"
+
+
+def test_train_metrics_average_windows_and_epochs_and_survive_a_checkpoint():
+    metrics = hooks.TrainMetrics()
+    for loss in (1.0, 2.0, 3.0):
+        metrics.add({"loss": np.float32(loss), "accuracy": np.float32(0.5)})
+    metrics.pull(done=3)
+    assert metrics.take("window") == {"train_loss": 2.0, "train_accuracy": 0.5}
+    metrics.add({"loss": np.float32(5.0), "accuracy": np.float32(1.0)})
+    metrics.pull(done=4)
+    resumed = hooks.TrainMetrics(metrics.state())  # what a checkpoint carries
+    assert resumed.take("window") == {"train_loss": 5.0, "train_accuracy": 1.0}
+    assert resumed.take("epoch") == {"train_loss": 2.75, "train_accuracy": 0.625}
+
+
+def test_a_non_finite_loss_names_its_step():
+    metrics = hooks.TrainMetrics()
+    metrics.add({"loss": np.float32(0.5), "accuracy": np.float32(1.0)})
+    metrics.add({"loss": np.float32(np.nan), "accuracy": np.float32(0.0)})
+    with pytest.raises(FlaxDigitsError, match="loss is nan at step 12"):
+        metrics.pull(done=12)
+
+
+def test_metric_writer_keeps_records_up_to_the_resumed_step(tmp_path):
+    workdir = Workdir(tmp_path)
+    writer = hooks.MetricWriter(workdir)
+    for step in (2, 4, 6):
+        writer.write_scalars(step, {"train_loss": float(step)})
+    writer.write_scalars(6, {"final": True})
+    hooks.MetricWriter(workdir, resume_step=4)
+    assert workdir.read_metrics() == [{"step": 2, "train_loss": 2.0},
+                                      {"step": 4, "train_loss": 4.0}]
+    hooks.MetricWriter(workdir, resume_step=0)  # a fresh run starts a fresh file
+    assert workdir.read_metrics() == []

@@ -1,0 +1,110 @@
+"""flaxdigits/training/loop.py: whole training runs, in the library as a script calls it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flaxdigits.errors import FlaxDigitsError
+from flaxdigits.evaluation import inference
+from flaxdigits.training import loop
+from flaxdigits.workdir import Workdir
+from tests.conftest import MNIST_DIR, REPO, needs_mnist, tiny_config
+
+TIMING = ("steps_per_second", "elapsed_seconds", "train_seconds")
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_a_run_writes_config_metrics_report_and_plots(tmp_path, synthetic_dir):
+    config = tiny_config(**{"data.dir": str(synthetic_dir), "num_epochs": 2,
+                            "log_every_steps": 4, "optim.learning_rate": 1e-2})
+    final = loop.train_and_evaluate(config, tmp_path)
+    workdir = Workdir(tmp_path)
+    assert workdir.read_config()["batch_size"] == 32
+    records = workdir.read_metrics()
+    epochs = [r for r in records if "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert [r["step"] for r in epochs] == [11, 22]  # 360 training examples // 32
+    assert all("val_accuracy" in r and "train_loss" in r for r in epochs)
+    assert [r["step"] for r in records if "epoch" not in r][:3] == [4, 8, 12]
+    assert records[-1] == {k: v for k, v in final.items() if k != "report"}
+    assert records[-1]["val_accuracy"] == epochs[-1]["val_accuracy"]  # the last step's model
+    assert final["test_accuracy"] > 0.5  # the synthetic digits are easy
+
+    report = json.loads(workdir.report_file.read_text())
+    assert report == final["report"] and report["split"] == "test" and report["count"] == 100
+    # The best checkpoint is the last one here: the report's figure is the final record's.
+    assert report["step"] == 22 and report["accuracy"] == final["test_accuracy"]
+    assert sorted(p.name for p in workdir.plots_dir.iterdir()) == [
+        "confusion_matrix.png", "misclassified.png", "training_curves.png"]
+
+
+def test_a_batch_larger_than_the_training_split(tmp_path, synthetic_dir):
+    with pytest.raises(FlaxDigitsError, match="batch_size=512 is larger than the training "
+                                              "split"):
+        loop.train_and_evaluate(tiny_config(**{"data.dir": str(synthetic_dir),
+                                               "batch_size": 512}), tmp_path)
+
+
+def test_a_bad_config_fails_before_anything_is_written(tmp_path):
+    with pytest.raises(FlaxDigitsError, match="config.augment.scale=1.5 must be"):
+        loop.train_and_evaluate(tiny_config(**{"augment.scale": 1.5}), tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_config_write_the_same_records(tmp_path, synthetic_dir):
+    config = tiny_config(**{"data.dir": str(synthetic_dir), "num_epochs": 2,
+                            "log_every_steps": 4, "model.name": "fast_cnn",
+                            "augment.rotation_degrees": 10.0, "model.dropout_rate": 0.3})
+    loop.train_and_evaluate(config, tmp_path / "a")
+    loop.train_and_evaluate(config, tmp_path / "b")
+    assert (without_timing(Workdir(tmp_path / "a").read_metrics())
+            == without_timing(Workdir(tmp_path / "b").read_metrics()))
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_naming_the_step(tmp_path, synthetic_dir):
+    config = tiny_config(**{"data.dir": str(synthetic_dir), "optim.learning_rate": 1e30,
+                            "log_every_steps": 1})
+    with pytest.raises(FlaxDigitsError, match=r"training diverged: loss is (nan|inf) at step \d+"):
+        loop.train_and_evaluate(config, tmp_path)
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_integration_real_mnist_reaches_98_percent(tmp_path):
+    config = tiny_config(**{
+        "data.dir": str(MNIST_DIR), "num_epochs": 1, "batch_size": 64,
+        "eval_batch_size": 1000, "log_every_steps": 200, "model.conv_features": (16, 32),
+        "model.dense_features": 64, "optim.learning_rate": 2e-3})
+    final = loop.train_and_evaluate(config, tmp_path)
+    assert final["test_accuracy"] >= 0.98, final
+    assert inference.load(tmp_path).step == 843
+
+
+SCRIPT = """
+import sys
+from configs import tiny
+from flaxdigits.training import loop
+
+config = tiny.get_config()
+config.data.dir = sys.argv[1]
+config.log_every_steps = 3
+loop.train_and_evaluate(config, sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_a_script_calling_the_library_sees_progress(tmp_path, synthetic_dir):
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(synthetic_dir),
+                             str(tmp_path / "work")], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    progress = [l for l in result.stderr.splitlines() if "steps/s, ETA" in l]
+    assert progress and "step 3/11: loss" in progress[0], result.stderr[-2000:]
+    assert "Report (" in result.stderr and "weighted avg" in result.stderr

@@ -1,0 +1,53 @@
+"""flaxdigits/serving/preprocess.py: any drawn digit becomes an MNIST-style digit."""
+
+import numpy as np
+import pytest
+
+from flaxdigits import testing
+from flaxdigits.serving import preprocess
+
+
+@pytest.fixture
+def mnist_digit(mnist_raw):
+    return lambda index: (mnist_raw.test_images[index], int(mnist_raw.test_labels[index]))
+
+
+def test_an_off_centre_large_dark_on_light_digit_becomes_an_mnist_digit(mnist_digit):
+    digit, _ = mnist_digit(0)
+    page = testing.redraw(digit, height=220, top=50, left=10)
+    assert page.shape == (280, 280) and page[0, 0] > 200  # light paper
+    out = preprocess.digit_like_mnist(page)
+
+    assert out.shape == (28, 28) and out.dtype == np.float32
+    assert out.max() == pytest.approx(1.0) and out.min() == 0.0
+    assert out[0].max() == 0 and out[:, 0].max() == 0  # light-on-dark: dark background
+    ink = np.argwhere(out > 0.05)
+    extent = ink.max(0) - ink.min(0) + 1
+    assert max(extent) <= 21 and max(extent) >= 18  # fits the 20x20 box, largest side ~20
+    rows, cols = np.indices(out.shape)
+    centre = ((rows * out).sum() / out.sum(), (cols * out).sum() / out.sum())
+    assert centre == pytest.approx((14, 14), abs=0.6)  # centred by centre of mass, as MNIST
+    # And it looks like the original MNIST digit again.
+    correlation = np.corrcoef(out.ravel(), digit.ravel())[0, 1]
+    assert correlation > 0.85, correlation
+
+
+def test_inversion_depends_on_the_paper_not_the_pen(mnist_digit):
+    dark_on_light = testing.redraw(mnist_digit(1)[0])
+    light_on_dark = 255 - dark_on_light
+    np.testing.assert_allclose(preprocess.digit_like_mnist(dark_on_light),
+                               preprocess.digit_like_mnist(light_on_dark), atol=1e-5)
+
+
+def test_an_mnist_digit_passes_through_nearly_unchanged(mnist_digit):
+    digit, _ = mnist_digit(2)
+    out = preprocess.digit_like_mnist(digit.astype(np.float32))
+    assert np.corrcoef(out.ravel(), digit.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("blank", [np.full((280, 280), 255), np.zeros((280, 280)),
+                                   np.full((28, 28), 128)], ids=["white", "black", "grey"])
+def test_an_empty_canvas_is_a_clear_422(blank):
+    with pytest.raises(preprocess.BadInput, match="no digit found") as error:
+        preprocess.digit_like_mnist(blank.astype(np.float32))
+    assert error.value.status == 422

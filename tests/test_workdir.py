@@ -1,0 +1,51 @@
+"""flaxdigits/workdir.py: the files of a workdir, written whole and read back."""
+
+import json
+
+import pytest
+
+from flaxdigits.errors import FlaxDigitsError
+from flaxdigits.workdir import Workdir
+from tests.conftest import tiny_config
+
+
+def test_config_round_trip_and_atomic_writes(tmp_path):
+    workdir = Workdir(tmp_path / "run")
+    assert workdir.read_config() is None
+    workdir.write_config(tiny_config())
+    assert workdir.read_config()["model"]["conv_features"] == [4, 8]
+    assert [p.name for p in workdir.path.iterdir()] == ["config.json"]  # no partial files
+    workdir.config_file.write_text("{not json")
+    with pytest.raises(FlaxDigitsError, match=r"config.json: not valid JSON"):
+        workdir.read_config()
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, caplog):
+    workdir = Workdir(tmp_path)
+    workdir.append_metrics({"step": 1})
+    workdir.append_metrics({"step": 2})
+    with workdir.metrics_file.open("a") as f:
+        f.write('{"step": 3, "train_lo')  # a run killed while writing
+    assert workdir.read_metrics() == [{"step": 1}, {"step": 2}]
+    assert "dropped a torn last line" in caplog.text
+    workdir.metrics_file.write_text('{"step": 1}\nnonsense\n{"step": 3}\n')
+    with pytest.raises(FlaxDigitsError, match="metrics.jsonl: line 2 is not JSON"):
+        workdir.read_metrics()
+
+
+def test_submission_format(tmp_path):
+    path = Workdir(tmp_path).write_submission([7, 2, 1, 0])
+    assert path.read_text() == "ImageId,Label\n1,7\n2,2\n3,1\n4,0\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]
+
+
+def test_checkpoint_folders_are_recognised(tmp_path):
+    workdir = Workdir(tmp_path)
+    assert not workdir.has_checkpoints()
+    (workdir.checkpoint_dir / "tmp.123.orbax-checkpoint-tmp").mkdir(parents=True)
+    assert not workdir.has_checkpoints()  # a half-written save is not a checkpoint
+    (workdir.checkpoint_dir / "40").mkdir()
+    assert workdir.has_checkpoints()
+    report = {"accuracy": 0.5}
+    workdir.write_report(report)
+    assert json.loads(workdir.report_file.read_text()) == report
