@@ -9,7 +9,6 @@ checkpoint every 100 steps (about 4 minutes on 2 CPU cores).
 """
 
 import argparse
-import json
 import pathlib
 import random
 import subprocess
@@ -22,7 +21,9 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from flaxdigits import checkpoint as checkpoint_lib  # noqa: E402
+from flaxdigits.checkpoint import Checkpoints  # noqa: E402
+from flaxdigits.evaluation import inference  # noqa: E402
+from flaxdigits.workdir import Workdir  # noqa: E402
 
 TIMING = ("steps_per_second", "elapsed_seconds", "train_seconds")
 
@@ -42,13 +43,12 @@ def finish(workdir, data_dir):
 
 
 def final_record(workdir):
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return json.loads(lines[-1])
+    return Workdir(workdir).read_metrics()[-1]
 
 
 def metrics_without_timing(workdir):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k not in TIMING}
+            for record in Workdir(workdir).read_metrics()]
 
 
 def main():
@@ -75,7 +75,7 @@ def main():
         time.sleep(delay)
         process.kill()  # SIGKILL: no handler, no last checkpoint
         process.wait()
-        steps = checkpoint_lib.Checkpoints(killed, keep=3, read_only=True)
+        steps = Checkpoints(killed, keep=3, read_only=True)
         saved = steps.steps()
         steps.close()
         print(f"kill {kill}: SIGKILL after {delay:.1f} s; checkpoints on disk: {saved}")
@@ -84,8 +84,8 @@ def main():
     print(f"final restart: {resumed_lines[-1].split('] ')[-1] if resumed_lines else 'fresh'}")
 
     a, b = final_record(straight), final_record(killed)
-    params_a = checkpoint_lib.load(straight, which="latest").variables
-    params_b = checkpoint_lib.load(killed, which="latest").variables
+    params_a = inference.load(straight, which="latest").variables
+    params_b = inference.load(killed, which="latest").variables
     import jax
     identical = all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(params_a),
                                                           jax.tree_util.tree_leaves(params_b)))

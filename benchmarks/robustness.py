@@ -19,7 +19,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flaxdigits import augment, checkpoint, data as data_lib, evaluate  # noqa: E402
+from flaxdigits import augment, data  # noqa: E402
+from flaxdigits.data import idx  # noqa: E402
+from flaxdigits.evaluation import inference  # noqa: E402
 
 # (name, degrees, scale, shift rows, shift cols)
 FIXED = [
@@ -59,10 +61,10 @@ def main():
     parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
     args = parser.parse_args()
 
-    (_, _, test_images, test_labels), _ = data_lib.load_folder(args.data_dir)
-    images = data_lib.to_model_inputs(test_images)
-    sets = transformed_sets(images)
-    models = [checkpoint.load(w) for w in args.workdirs]
+    raw = idx.load_folder(pathlib.Path(args.data_dir))
+    test_labels = raw.test_labels
+    sets = transformed_sets(data.to_model_inputs(raw.test_images))
+    models = [inference.load(w) for w in args.workdirs]
     names = [f"{pathlib.Path(w).name} ({m.config.model.name})" for w, m in zip(args.workdirs, models)]
 
     print(f"MNIST test accuracy ({len(test_labels)} digits), best checkpoint of each workdir")
@@ -70,8 +72,8 @@ def main():
     for set_name, set_images in sets:
         row = f"{set_name:<28}"
         for model in models:
-            probabilities = evaluate.predict_probabilities(model.model, model.variables,
-                                                           set_images)
+            probabilities = inference.predict_probabilities(model.model, model.variables,
+                                                            set_images)
             row += f"{np.mean(probabilities.argmax(-1) == test_labels):24.4f}"
         print(row, flush=True)
 

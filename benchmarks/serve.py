@@ -19,10 +19,8 @@ import argparse
 import concurrent.futures
 import gc
 import http.client
-import io
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,28 +33,20 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
 
-from flaxdigits import data as data_lib  # noqa: E402
-from flaxdigits import checkpoint, evaluate  # noqa: E402
+from flaxdigits import data, testing  # noqa: E402
+from flaxdigits.data import idx  # noqa: E402
+from flaxdigits.evaluation import inference  # noqa: E402
+from flaxdigits.serving import app  # noqa: E402
 
 
-def redraw(digit: np.ndarray, rng: np.random.Generator, canvas: int = 280) -> bytes:
-    """An MNIST digit drawn large and off-centre, dark on light, slightly blurred, as PNG."""
-    ink = np.argwhere(digit > 0)
-    (r0, c0), (r1, c1) = ink.min(0), ink.max(0) + 1
-    crop = Image.fromarray(digit[r0:r1, c0:c1])
+def redrawn_png(digit: np.ndarray, rng: np.random.Generator, canvas: int = 280) -> bytes:
+    """An MNIST digit drawn 100-250 px tall at a random place, dark on light, blurred."""
     height = int(rng.integers(100, 251))
-    width = max(1, round(crop.width * height / crop.height))
-    big = np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR))
     top = int(rng.integers(0, canvas - height + 1))
-    left = int(rng.integers(0, max(1, canvas - width + 1)))
-    page = np.zeros((canvas, canvas), np.uint8)
-    page[top:top + height, left:left + width] = big[:, :canvas - left]
-    image = Image.fromarray(255 - page).filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.5)))
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    left = int(rng.integers(0, canvas // 2))
+    return testing.encode(testing.redraw(digit, height=height, top=top, left=left,
+                                         canvas=canvas, blur=rng.uniform(1.0, 2.5)))
 
 
 def post(url: str, body: bytes, kind: str, timeout: float = 30.0):
@@ -71,39 +61,6 @@ def post(url: str, body: bytes, kind: str, timeout: float = 30.0):
             return e.code, json.loads(body or b"{}")
         except json.JSONDecodeError:
             return e.code, {"error": f"(not JSON) {body[:60]!r}"}
-
-
-def small_png() -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (280, 280), np.uint8)).save(
-        out, format="PNG")
-    return out.getvalue()
-
-
-def bad_bodies():
-    blank = io.BytesIO()
-    Image.new("L", (280, 280), 255).save(blank, format="PNG")
-    huge = io.BytesIO()
-    Image.new("L", (6000, 5000), 255).save(huge, format="PNG")
-    gif = io.BytesIO()
-    Image.new("L", (28, 28), 0).save(gif, format="GIF")
-    return [
-        ("not an image", b"hello", "image/png"),
-        ("empty body", b"", "image/png"),
-        ("truncated PNG", small_png()[:120], "image/png"),
-        ("broken JSON", b'{"pixels": [[1,', "application/json"),
-        ("JSON without pixels", b"{}", "application/json"),
-        ("wrong shape 27x28", json.dumps({"pixels": [[0] * 28] * 27}).encode(),
-         "application/json"),
-        ("value 300", json.dumps({"pixels": [[300] * 28] * 28}).encode(), "application/json"),
-        ("NaN", b'{"pixels": ' + json.dumps([[0] * 28] * 27 + [[0] * 27 + [1]]).encode()
-         .replace(b"1]]", b"NaN]]") + b"}", "application/json"),
-        ("blank canvas", blank.getvalue(), "image/png"),
-        ("30 M pixel PNG", huge.getvalue(), "image/png"),
-        ("5 MB body", b"\x89PNG" + b"0" * (5 * 1024 * 1024), "image/png"),
-        ("GIF", gif.getvalue(), "image/png"),
-        ("text/plain", b"7", "text/plain"),
-    ]
 
 
 def train_fast(workdir: pathlib.Path, data_dir: str) -> None:
@@ -128,43 +85,28 @@ def main():
             train_fast(workdir, args.data_dir)
         # The server runs as an operator runs it: launch.py --mode=serve, its own process
         # (a server inside this process would share the GIL with the 16 client threads).
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = testing.free_port()
         server = subprocess.Popen(
             [sys.executable, "launch.py", "--config=configs/base.py", f"--workdir={workdir}",
              "--mode=serve", f"--port={port}"], cwd=REPO, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_up(url, server)
-            run(args, checkpoint.load(workdir), url)
+            testing.wait_until_up(url + "/healthz", server)
+            run(args, inference.load(workdir), url)
         finally:
             server.terminate()
             server.wait(timeout=30)
 
 
-def wait_until_up(url, server, seconds=120):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit("the server exited; run it by hand to see why")
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.25)
-    sys.exit(f"the server did not answer {url}/healthz within {seconds} s")
-
-
 def run(args, trained, url):
-    _, _, images, labels = data_lib.load_folder(args.data_dir)[0]
-    images, labels = images[:args.digits], labels[:args.digits]
+    raw = idx.load_folder(pathlib.Path(args.data_dir))
+    images, labels = raw.test_images[:args.digits], raw.test_labels[:args.digits]
     rng = np.random.default_rng(0)
-    pngs = [redraw(image, rng) for image in images]
+    pngs = [redrawn_png(image, rng) for image in images]
 
-    baseline = evaluate.predict_probabilities(trained.model, trained.variables,
-                                              data_lib.to_model_inputs(images)).argmax(-1)
+    baseline = inference.predict_probabilities(trained.model, trained.variables,
+                                               data.to_model_inputs(images)).argmax(-1)
     answers = [post(url, body, "image/png") for body in pngs]
     assert all(status == 200 for status, _ in answers), answers[:3]
     api = np.array([result["label"] for _, result in answers])
@@ -211,7 +153,7 @@ def run(args, trained, url):
 
     print("\n3. bad bodies")
     all_4xx = True
-    for name, body, kind in bad_bodies():
+    for name, body, kind, _ in testing.bad_bodies(app.MAX_BODY_BYTES):
         status, answer = post(url, body, kind)
         all_4xx &= 400 <= status < 500
         print(f"   {name:<22} {status}  {answer.get('error', '')[:90]}")

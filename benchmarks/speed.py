@@ -9,8 +9,9 @@ Prints:
        - the plain loop: host-gathered numpy batches, one jitted step per Python iteration,
          the seed's nn.max_pool CNN (what flaxdigits did before);
        - the same plain loop with flaxdigits' CNN (max-pooling as reshape + max);
-       - flaxdigits' loop: data on the device, shuffled and gathered there, donated state,
-         bounded asynchrony (train.train_step_on_device);
+       - flaxdigits' loop: the library's own training.loop.Trainer (data on the device,
+         shuffled and gathered there, donated state, bounded asynchrony), as
+         train_and_evaluate runs it;
        - lax.scan over 10 of flaxdigits' steps per dispatch;
   3. configs/fast.py through launch.py, `--runs` times: training seconds, whole-process
      seconds and test accuracy, with the median and minimum;
@@ -41,8 +42,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import base  # noqa: E402
-from flaxdigits import data as data_lib  # noqa: E402
-from flaxdigits import models, parallel, train  # noqa: E402
+from flaxdigits import data, models  # noqa: E402
+from flaxdigits.data import idx  # noqa: E402
+from flaxdigits.training import loop, optim, steps  # noqa: E402
+from flaxdigits.workdir import Workdir  # noqa: E402
 
 BATCH = 128
 
@@ -75,8 +78,8 @@ def matmul_ceiling(size=2048, repeats=20) -> float:
 
 
 def base_state(model):
-    config = base.get_config()
-    return train.create_train_state(config, model, jax.random.key(0), total_steps=10_000)
+    tx = optim.create_optimizer(base.get_config().optim, total_steps=10_000)
+    return steps.create_train_state(model, tx, jax.random.key(0))
 
 
 def step_flops(jitted, *args, **kwargs) -> float:
@@ -85,69 +88,59 @@ def step_flops(jitted, *args, **kwargs) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def time_steps(run_steps, steps: int) -> float:
-    """Seconds per step over `steps` steps, after one untimed warm-up call."""
+def time_steps(run_steps, n_steps: int) -> float:
+    """Seconds per step over `n_steps` steps, after one untimed warm-up call."""
     run_steps(5)
     start = time.perf_counter()
-    run_steps(steps)
-    return (time.perf_counter() - start) / steps
+    run_steps(n_steps)
+    return (time.perf_counter() - start) / n_steps
 
 
-def plain_loop(model, split, steps):
+def plain_loop(model, split, n_steps):
     """Numpy batches gathered on the host, one jitted step per Python iteration."""
     state = base_state(model)
     rng = np.random.default_rng(0)
     key = jax.random.key(1)
-    flops = step_flops(train.train_step, state, {"image": split.images[:BATCH],
+    flops = step_flops(steps.train_step, state, {"image": split.images[:BATCH],
                                                  "label": split.labels[:BATCH]}, key)
 
     def run(n):
         nonlocal state
         for _ in range(n):
             rows = rng.integers(0, len(split), BATCH)
-            state, metrics = train.train_step(
+            state, metrics = steps.train_step(
                 state, {"image": split.images[rows], "label": split.labels[rows]}, key)
         jax.block_until_ready(state)
 
-    return time_steps(run, steps), flops
+    return time_steps(run, n_steps), flops
 
 
-def device_loop(model, split, steps, mesh=None):
-    """flaxdigits' loop, as train_and_evaluate runs it."""
-    mesh = mesh or parallel.data_mesh()
-    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    state = jax.device_put(base_state(model), replicated)
-    data = {"image": parallel.put(split.images, replicated),
-            "label": parallel.put(split.labels, replicated)}
-    order = train.epoch_order(jax.random.key(2), 0, len(split), replicated)
-    key = jax.random.key(1)
-    sharding = sharded if mesh.devices.size > 1 else None
-    per_epoch = len(split) // BATCH
-    flops = step_flops(train.train_step_on_device, state, data, order, 0, key,
-                       batch_size=BATCH, sharding=sharding)
-    index = 0
+def device_loop(model, split, n_steps, mesh=None):
+    """flaxdigits' loop: the library's Trainer, stepped as train_and_evaluate steps it (the
+    base config's CNN; `model` only sets the FLOP count, it must be that CNN)."""
+    config = base.get_config()
+    trainer = loop.Trainer(config, split, mesh)
+    state = trainer.initial_state(total_steps=10_000)
+    flops = step_flops(steps.train_step, base_state(model),
+                       {"image": split.images[:BATCH], "label": split.labels[:BATCH]},
+                       jax.random.key(1))
+    step = 0
 
     def run(n):
-        nonlocal state, index
-        pending = []
+        nonlocal state, step
         for _ in range(n):
-            state, metrics = train.train_step_on_device(
-                state, data, order, index % per_epoch, key, batch_size=BATCH,
-                sharding=sharding)
-            index += 1
-            pending.append(metrics["loss"])
-            if len(pending) > train.MAX_STEPS_IN_FLIGHT:
-                pending.pop(0).block_until_ready()
+            state, _ = trainer.step(state, step)
+            step += 1
         jax.block_until_ready(state)
 
-    return time_steps(run, steps), flops
+    return time_steps(run, n_steps), flops
 
 
-def scan_loop(model, split, steps, per_dispatch=10):
+def scan_loop(model, split, n_steps, per_dispatch=10):
     """lax.scan over `per_dispatch` of flaxdigits' device steps in one jitted call."""
     state = base_state(model)
-    data = {"image": jnp.asarray(split.images), "label": jnp.asarray(split.labels)}
-    order = train.epoch_order(jax.random.key(2), 0, len(split))
+    train_data = {"image": jnp.asarray(split.images), "label": jnp.asarray(split.labels)}
+    order = steps.epoch_order(jax.random.key(2), 0, len(split))
     key = jax.random.key(1)
     per_epoch = len(split) // BATCH
 
@@ -155,11 +148,12 @@ def scan_loop(model, split, steps, per_dispatch=10):
     def many(state, first):
         def body(state, i):
             rows = jax.lax.dynamic_slice_in_dim(order, ((first + i) % per_epoch) * BATCH, BATCH)
-            return train._train_step(state, {k: v[rows] for k, v in data.items()}, key)
+            return steps._train_step(state, {k: v[rows] for k, v in train_data.items()}, key)
         return jax.lax.scan(body, state, jnp.arange(per_dispatch))
 
     # XLA's cost analysis counts a loop body once, so take the FLOPs of one plain step.
-    flops = step_flops(train.train_step, state, {k: v[:BATCH] for k, v in data.items()}, key)
+    flops = step_flops(steps.train_step, state, {k: v[:BATCH] for k, v in train_data.items()},
+                       key)
     index = 0
 
     def run(n):
@@ -169,20 +163,20 @@ def scan_loop(model, split, steps, per_dispatch=10):
             index += per_dispatch
         jax.block_until_ready(state)
 
-    return time_steps(run, steps), flops
+    return time_steps(run, n_steps), flops
 
 
-def throughput_table(split, steps, ceiling):
+def throughput_table(split, n_steps, ceiling):
     rows = [
         ("plain loop, seed CNN (nn.max_pool)", plain_loop, SeedCNN(dropout_rate=0.5)),
         ("plain loop, flaxdigits CNN", plain_loop, models.CNN(dropout_rate=0.5)),
-        ("flaxdigits loop (train_step_on_device)", device_loop, models.CNN(dropout_rate=0.5)),
+        ("flaxdigits loop (training.loop.Trainer)", device_loop, models.CNN(dropout_rate=0.5)),
         ("lax.scan, 10 steps per dispatch", scan_loop, models.CNN(dropout_rate=0.5)),
     ]
-    print(f"\n2. Base CNN training throughput, batch {BATCH}, {steps} timed steps each")
+    print(f"\n2. Base CNN training throughput, batch {BATCH}, {n_steps} timed steps each")
     print(f"{'loop':<42} {'img/s':>8} {'GFLOP/s':>8} {'of ceiling':>10}")
-    for name, loop, model in rows:
-        seconds, flops = loop(model, split, steps)
+    for name, run_loop, model in rows:
+        seconds, flops = run_loop(model, split, n_steps)
         gflops = flops / seconds / 1e9
         print(f"{name:<42} {BATCH / seconds:8.0f} {gflops:8.1f} {gflops / ceiling:10.1%}",
               flush=True)
@@ -202,7 +196,7 @@ def fast_config_runs(data_dir, runs):
             wall = time.perf_counter() - start
             if out.returncode:
                 sys.exit(out.stderr[-2000:])
-            final = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl")][-1]
+            final = Workdir(workdir).read_metrics()[-1]
             accuracy = float(re.search(r"test_accuracy=([\d.]+)", out.stdout).group(1))
         results.append((final["train_seconds"], wall, accuracy))
         print(f"{seed:4d} {final['train_seconds']:8.2f} {wall:10.2f} {accuracy:9.4f}", flush=True)
@@ -213,22 +207,22 @@ def fast_config_runs(data_dir, runs):
           f"max process s {max(columns[1]):.2f}")
 
 
-def devices_child(steps):
+def devices_child(n_steps):
     """Runs in a subprocess with N host devices: prints img/s of flaxdigits' loop."""
     images, labels = np.random.default_rng(0).random((6400, 28, 28, 1), np.float32), \
         np.eye(10, dtype=np.float32)[np.arange(6400) % 10]
-    seconds, _ = device_loop(models.CNN(dropout_rate=0.5), data_lib.Split(images, labels), steps)
+    seconds, _ = device_loop(models.CNN(dropout_rate=0.5), data.Split(images, labels), n_steps)
     print(json.dumps({"devices": jax.device_count(), "img_per_s": BATCH / seconds}))
 
 
-def devices_table(steps):
+def devices_table(n_steps):
     print(f"\n4. flaxdigits loop on N host devices (base CNN, batch {BATCH} split N ways; "
           f"all on the same {os.cpu_count()} cores)")
     print(f"{'devices':>7} {'img/s':>8}")
     for count in (1, 2, 4, 8):
         env = dict(os.environ, JAX_PLATFORMS="cpu",
                    XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
-        out = subprocess.run([sys.executable, __file__, f"--devices_child={steps}"], env=env,
+        out = subprocess.run([sys.executable, __file__, f"--devices_child={n_steps}"], env=env,
                              cwd=REPO, capture_output=True, text=True)
         if out.returncode:
             sys.exit(out.stderr[-2000:])
@@ -251,8 +245,8 @@ def main():
     ceiling = matmul_ceiling()
     print(f"\n1. float32 matmul ceiling (2048x2048, jitted): {ceiling:.1f} GFLOP/s")
     if "2" in args.parts:
-        arrays, _ = data_lib.load_folder(args.data_dir)
-        split = data_lib.Split(data_lib.to_model_inputs(arrays[0]), data_lib.one_hot(arrays[1]))
+        raw = idx.load_folder(pathlib.Path(args.data_dir))
+        split = data.Split(data.to_model_inputs(raw.train_images), data.one_hot(raw.train_labels))
         throughput_table(split, args.steps, ceiling)
     if "3" in args.parts:
         fast_config_runs(args.data_dir, args.runs)

@@ -7,7 +7,6 @@ import pytest
 
 from configs import base, deep, fast, tiny
 from flaxdigits import config as config_lib
-from flaxdigits import testing
 from flaxdigits.errors import FlaxDigitsError
 from flaxdigits.workdir import Workdir
 from tests.conftest import tiny_config
