@@ -12,11 +12,13 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.seed = 0  # parameter initialisation and the order of training examples
+    # Parameter initialisation, the order of training examples, dropout and augmentation.
+    config.seed = 0
     config.num_epochs = 10  # passes over the training split
     config.batch_size = 128  # training examples per step
     config.eval_batch_size = 1000  # fixed evaluation batch; the last one is padded and masked
-    config.log_every_steps = 100  # training loss/accuracy and speed logged this often
+    # Training loss/accuracy and speed logged this often (steps); 0 = at epoch ends only.
+    config.log_every_steps = 100
     config.checkpoint_every_steps = 0  # save this often (and at each epoch end); 0 = per epoch
     config.keep_checkpoints = 3  # most recent checkpoints kept, plus the best by validation
     # Computation dtype: 'float32', or 'bfloat16' (parameters and optimizer stay float32;
@@ -46,7 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.scale = 0.0  # resized by a factor in [1 - scale, 1 + scale]
     config.augment.translation_pixels = 0.0  # moved by up to this along each axis
 
-    # How evaluate, predict and the end-of-training report predict (flaxdigits/evaluate.py).
+    # How evaluate, predict and the end-of-training report predict
+    # (flaxdigits/evaluation/inference.py).
     config.inference = ml_collections.ConfigDict()
     config.inference.tta_views = 1  # test-time views averaged: 1 = none; up to 9 (1-px
     # shifts, +-6 degree turns, +-8% sizes)

@@ -10,6 +10,7 @@ allowed. Code deeper down trusts a checked config and does not check it again.
 """
 
 import dataclasses
+import importlib.util
 import json
 import math
 from typing import Callable, Optional
@@ -167,6 +168,9 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
         if fault:
             raise FlaxDigitsError(f"config.{name}={flat[name]!r} {fault}")
     validate_model(tree["model"], "config.model")
+    if tree["data"]["source"] == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
+        raise FlaxDigitsError("config.data.source='tfds' needs tensorflow-datasets, which is "
+                              "not installed: pip install 'flaxdigits[tfds]'")
 
     if device_count is None:
         import jax

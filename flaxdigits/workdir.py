@@ -104,11 +104,15 @@ class Workdir:
         return self.submission_file
 
 
-def write_atomically(path: pathlib.Path, text: str) -> None:
-    """Readers never see half a file: written beside it, then renamed over it."""
+def write_atomically(path: pathlib.Path, content) -> None:
+    """`content` (str or bytes) into `path`; readers never see half a file: it is written
+    beside it, then renamed over it."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        partial.write_text(text)
+        if isinstance(content, bytes):
+            partial.write_bytes(content)
+        else:
+            partial.write_text(content)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -220,3 +220,15 @@ def test_bad_values_on_the_command_line_fail_before_any_data_is_read(
     assert len(lines) == 1 and lines[0].startswith("flaxdigits: error: "), result.stderr
     assert message in lines[0]
     assert not (tmp_path / "work").exists()  # nothing written either
+
+
+def test_tfds_without_its_extra_installed(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow_datasets" else real(name, *a))
+    config = tiny_config(**{"data.source": "tfds"})
+    with pytest.raises(FlaxDigitsError, match=r"needs tensorflow-datasets, which is not "
+                                              r"installed: pip install 'flaxdigits\[tfds\]'"):
+        config_lib.validate(config, device_count=1)

@@ -21,6 +21,7 @@ import numpy as np
 from flaxdigits import IMAGE_SIDE, NUM_CLASSES
 from flaxdigits.data import idx
 from flaxdigits.errors import FlaxDigitsError
+from flaxdigits.workdir import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,6 @@ def cache_is_complete(folder: pathlib.Path) -> bool:
         if not path.is_file() or sha256(path.read_bytes()) != content_sha:
             return False
     return True
-
-
-def write_atomically(path: pathlib.Path, data: bytes) -> None:
-    """Readers never see a half-written file: written beside it, then renamed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def download(url: str, timeout: float = 30.0) -> bytes:

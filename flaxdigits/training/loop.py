@@ -163,7 +163,7 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
     writer = hooks.MetricWriter(workdir, resume_step=start_step)
     progress = hooks.Progress(total_steps, start_step)
     start_time = time.monotonic()
-    val = None  # the last validation of this process
+    val = None  # the latest validation in this process
     with hooks.StopSignals() as stop:
         for step in range(start_step, total_steps):
             state, step_metrics = trainer.step(state, step)
@@ -194,9 +194,9 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
                     scalars.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                 scalars["elapsed_seconds"] = time.monotonic() - start_time
                 writer.write_scalars(done, scalars)
+                shown = {k: v for k, v in scalars.items() if k.startswith(("train_", "val_"))}
                 log.info("epoch %d/%d: %s, ETA %s", epoch, config.num_epochs,
-                         ", ".join(f"{k} {v:.4f}" for k, v in scalars.items()
-                                   if k.startswith(("train_", "val_"))),
+                         ", ".join(f"{k} {v:.4f}" for k, v in shown.items()),
                          hooks.format_seconds(eta))
                 progress.restart(done)  # the rate just reported included validation
             if save_now:
@@ -212,11 +212,21 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
                 log.info("Stopped at step %d as asked; checkpoint saved", done)
                 return {"stopped_at_step": done}
 
-    # The last step's model: validation (already measured at the last epoch end, unless this
-    # run had finished before) and test, for the final record.
     final = {"final": True, "train_seconds": time.monotonic() - start_time}
-    if val is None and val_batches is not None:
+    if val is None and val_batches is not None:  # a finished run, re-reported
         val = evaluate(state, val_batches)
+    return _test_and_report(config, workdir, dataset, trainer, state, checkpoints, writer,
+                            final, val)
+
+
+def _test_and_report(config, workdir: Workdir, dataset: data.Dataset, trainer: Trainer,
+                     state: steps.TrainState, checkpoints: Checkpoints,
+                     writer: hooks.MetricWriter, final: dict, val: Optional[dict]) -> dict:
+    """The end of a run: the last step's validation (`val`) and test figures as the final
+    record, then the report of the model that --mode=evaluate and --mode=predict use, the
+    checkpoint with the best validation accuracy. That is usually the last step's model,
+    whose test predictions are then reused rather than computed again."""
+    total_steps = config.num_epochs * trainer.steps_per_epoch
     if val is not None:
         final.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
     variables = jax.device_get(steps.model_variables(state))
@@ -232,9 +242,6 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
         log.info("No labelled test split in %s", dataset.source)
     final = writer.write_scalars(total_steps, final)
 
-    # The run ends with the report of the model that --mode=evaluate and --mode=predict use:
-    # the checkpoint with the best validation accuracy (usually the last one, whose test
-    # predictions are then reused rather than computed again).
     checkpoints.wait()
     best_step = checkpoints.best_step()
     probabilities_nk = None
