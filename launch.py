@@ -7,6 +7,7 @@ and notebooks call them directly.
 """
 
 import logging as std_logging
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -63,9 +64,21 @@ def quiet_orbax(record) -> bool:
             and not str(record.msg).startswith("Requested `tracked_metric`"))
 
 
+class Terminated(Exception):
+    """SIGTERM outside the training loop (which handles it itself, with a checkpoint)."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # SIGTERM while loading, compiling or reporting stops as Ctrl-C does: with one line.
+    # (SIGINT too, even where the shell that started us ignores it for background jobs.)
+    signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.get_absl_handler().addFilter(quiet_orbax)
     # The library's loggers follow absl's --verbosity (see flaxdigits/logs.py).
     std_logging.getLogger("flaxdigits").setLevel(std_logging.getLogger().getEffectiveLevel())
@@ -82,9 +95,20 @@ def main(argv):
         logging.flush()
         print(f"flaxdigits: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except (KeyboardInterrupt, Terminated) as e:
+        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        logging.flush()
+        print(f"flaxdigits: stopped by {signum.name}; what the workdir held is kept (files "
+              f"are replaced whole, checkpoints only when complete); run the same command to "
+              f"go on", file=sys.stderr)
+        sys.exit(128 + signum)
     except FlaxDigitsError as e:
         logging.flush()
         sys.exit(f"flaxdigits: error: {e}")
+    except OSError as e:  # a full disk, a read-only or unreadable file: name it, no traceback
+        logging.flush()
+        where = f"{e.filename}: " if e.filename else ""
+        sys.exit(f"flaxdigits: error: {where}{e.strerror or one_line(str(e))}")
 
 
 def run_mode(mode: str, config, workdir) -> str:

@@ -7,7 +7,9 @@ temporary folder and renames it when complete, so a run killed while saving leav
 previous checkpoint intact.
 """
 
+import json
 import logging
+import time
 from typing import Any, Optional
 
 import jax
@@ -25,17 +27,26 @@ class Checkpoints:
 
     def __init__(self, workdir, keep: int = 1, read_only: bool = False):
         self.directory = Workdir(workdir).checkpoint_dir
-        policy = preservation_policy.AnyPreservationPolicy([
-            preservation_policy.LatestN(keep),
-            preservation_policy.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
-                                      keep_checkpoints_without_metrics=False),
-        ])
+        # Orbax reads every step's metrics when it starts and fails on a damaged file: such a
+        # file is moved aside (nothing is deleted), and its step counts as unvalidated.
+        for path in self._damaged_metrics_files():
+            try:
+                path.rename(path.with_name(path.name + ".unreadable"))
+            except OSError as e:
+                raise FlaxDigitsError(f"{path}: damaged validation metrics, and they cannot be "
+                                      f"moved aside ({e.strerror}); move that file away") from None
+            log.warning("%s: unreadable validation metrics, moved aside; that checkpoint "
+                        "counts as unvalidated", path)
+        policies = [preservation_policy.LatestN(keep),
+                    preservation_policy.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
+                                              keep_checkpoints_without_metrics=False)]
         # best_fn as well: without it orbax does not write the metrics to disk, and a
         # restarted run would no longer know which checkpoint was the best. No tmp-folder
         # cleanup: orbax runs it in a thread that outlives a run stopping on bad input, and
         # half-written (tmp) checkpoints are never listed as steps anyway.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, best_fn=lambda m: m["val_accuracy"], best_mode="max",
+            preservation_policy=preservation_policy.AnyPreservationPolicy(policies),
+            best_fn=lambda m: m["val_accuracy"], best_mode="max",
             read_only=read_only, create=not read_only)
         # Handlers named up front, so that a checkpoint's metadata can be read before
         # restoring it (see restore_variables).
@@ -43,6 +54,25 @@ class Checkpoints:
                     "loop": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=handlers)
+
+    def _damaged_metrics_files(self) -> list:
+        """The metrics files of finished steps that are not {"val_accuracy": number}."""
+        damaged = []
+        if not self.directory.is_dir():
+            return damaged
+        for step_dir in self.directory.iterdir():
+            path = step_dir / "metrics" / "metrics"
+            if not (step_dir.name.isdigit() and path.is_file()):
+                continue
+            try:
+                metrics = json.loads(path.read_text())
+                ok = isinstance(metrics, dict) and isinstance(metrics.get("val_accuracy"),
+                                                              (int, float))
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                damaged.append(path)
+        return damaged
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -62,37 +92,72 @@ class Checkpoints:
 
     def best_step(self) -> Optional[int]:
         """The kept step with the highest validation accuracy (the later one on ties), else
-        the latest step."""
+        the latest step. A step whose metrics cannot be read ranks as unvalidated."""
         ranked = []
         for step in self.steps():
-            metrics = self.manager.metrics(step)
-            if metrics and "val_accuracy" in metrics:
-                ranked.append((metrics["val_accuracy"], step))
+            try:
+                metrics = self.manager.metrics(step)
+            except Exception as e:  # a damaged metrics file: rank the step as unvalidated
+                log.warning("Checkpoint %s/%d: metrics unreadable (%s)", self.directory, step,
+                            one_line(e))
+                continue
+            value = metrics.get("val_accuracy") if isinstance(metrics, dict) else None
+            if isinstance(value, (int, float)):
+                ranked.append((value, step))
         return max(ranked)[1] if ranked else self.manager.latest_step()
 
     def restore_latest(self, abstract_state) -> Optional[tuple[Any, dict, int]]:
         """(state, loop, step) from the newest readable checkpoint, or None if there is none.
 
-        An unreadable checkpoint (corrupt, half-copied) is skipped with a warning in favour
-        of the one before it.
+        An unreadable checkpoint (corrupt, half-copied) is skipped with a warning in favour of
+        the one before it, and moved aside (to `<step>.unreadable`, nothing is deleted) so
+        that training, reaching its step again, saves a good one in its place.
         """
-        steps = self.steps()
-        errors = []
-        for step in reversed(steps):
+        unreadable = []
+        for step in reversed(self.steps()):
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()))
             except Exception as e:  # orbax and tensorstore raise many kinds; all mean unreadable
-                errors.append(f"step {step}: {type(e).__name__}: {one_line(e)}")
+                unreadable.append((step, f"{type(e).__name__}: {one_line(e)}"))
                 log.warning("Checkpoint %s/%d is unreadable, trying an older one: %s",
-                                self.directory, step, errors[-1])
+                            self.directory, step, unreadable[-1][1])
                 continue
+            self._move_aside([bad for bad, _ in unreadable])
             return restored.state, restored.loop, step
-        if errors:
+        if unreadable:
+            details = "; ".join(f"step {step}: {why}" for step, why in unreadable)
             raise FlaxDigitsError(
-                f"{self.directory}: no readable checkpoint ({'; '.join(errors)}); "
-                f"move the folder away to start afresh")
+                f"{self.directory}: no readable checkpoint ({details}); move the folder away "
+                f"to start afresh")
         return None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        for step in steps:
+            target = self.directory / f"{step}.unreadable"
+            if target.exists():
+                target = self.directory / f"{step}.unreadable.{time.time_ns()}"
+            (self.directory / str(step)).rename(target)
+            log.warning("Moved the unreadable checkpoint %s/%d to %s", self.directory, step,
+                        target.name)
+        if steps:
+            self.manager.reload()
+
+    def restore_readable_variables(self, first: Optional[int]) -> tuple[dict, int]:
+        """(variables, step) of checkpoint `first` (e.g. best_step()), else of the newest one
+        that can be read, with a warning for each that cannot: one damaged checkpoint never
+        makes a workdir unusable while another is intact."""
+        if first is None:
+            raise FlaxDigitsError(f"{self.directory}: no checkpoint to load")
+        errors = []
+        for step in [first] + [s for s in reversed(self.steps()) if s != first]:
+            try:
+                return self.restore_variables(step), step
+            except Exception as e:  # orbax and tensorstore raise many kinds; all mean unreadable
+                errors.append(f"step {step}: {type(e).__name__}: {one_line(e)}")
+                log.warning("Checkpoint %s/%d is unreadable, trying another: %s",
+                            self.directory, step, errors[-1])
+        raise FlaxDigitsError(f"{self.directory}: no readable checkpoint ({'; '.join(errors)})")
 
     def restore_variables(self, step: int) -> dict:
         """{'params': ..., and 'batch_stats': ... where the model has BatchNorm} saved at

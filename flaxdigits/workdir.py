@@ -1,6 +1,8 @@
 """The files of a workdir, and how to read them back. No other module names them.
 
     W/config.json       the config the run was trained with (written before training)
+    W/data.json         counts and a hash of the training data (resuming needs the same data)
+    W/.lock             held by the training run using the workdir (its pid inside)
     W/metrics.jsonl     one JSON record per log step, epoch end and the end of the run
     W/checkpoints/      orbax checkpoints (flaxdigits/checkpoint.py)
     W/report.json       the evaluation report of the best checkpoint
@@ -8,6 +10,8 @@
     W/submission.csv    Kaggle predictions (--mode=predict)
 """
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -32,6 +36,7 @@ class Workdir:
         return str(self.path)
 
     config_file = property(lambda self: self.path / "config.json")
+    data_file = property(lambda self: self.path / "data.json")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_dir = property(lambda self: self.path.absolute() / "checkpoints")
     report_file = property(lambda self: self.path / "report.json")
@@ -53,13 +58,75 @@ class Workdir:
         return config
 
     def write_config(self, config) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.create()
         write_atomically(self.config_file, config.to_json_best_effort(indent=2) + "\n")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive use of the workdir for one training run, as long as the `with` lasts.
+
+        An advisory `flock` on W/.lock, which holds the holder's pid: the kernel releases it
+        when the holder exits in any way, so a killed run never leaves a stale lock. A second
+        training on a busy workdir fails at once, naming the holder. Readers (evaluate,
+        predict, serve) take no lock: they read finished checkpoints only.
+        """
+        self.create()
+        path = self.path / ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise FlaxDigitsError(f"{path}: cannot create the workdir lock ({e.strerror})") \
+                from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                raise FlaxDigitsError(
+                    f"{self.path} is in use by another training run (pid {holder}); wait for "
+                    f"it to end, or use another --workdir") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+
+    def create(self) -> None:
+        """The folder, made if needed; a path that is a file or cannot be written is one line."""
+        if self.path.exists() and not self.path.is_dir():
+            raise FlaxDigitsError(f"{self.path}: is a file, not a workdir folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FlaxDigitsError(f"{self.path}: cannot create the workdir ({e.strerror})") \
+                from None
+        if not os.access(self.path, os.W_OK):
+            raise FlaxDigitsError(f"{self.path}: the workdir is not writable")
 
     def has_checkpoints(self) -> bool:
         """Whether checkpoints/ holds a finished step (orbax names each by its number)."""
         return self.checkpoint_dir.is_dir() and any(
             p.name.isdigit() for p in self.checkpoint_dir.iterdir() if p.is_dir())
+
+    # -- data.json: what the checkpoints were trained on
+
+    def check_same_data(self, fingerprint: dict, source: str, resuming: bool) -> None:
+        """Records the training data's fingerprint (data.fingerprint) on a fresh run; refuses
+        to resume on other data (the same data moved elsewhere is fine)."""
+        saved = None
+        if resuming and self.data_file.is_file():
+            try:
+                saved = json.loads(self.data_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                log.warning("%s: unreadable; it is written anew", self.data_file)
+        if isinstance(saved, dict) and saved.get("sha256") != fingerprint["sha256"]:
+            raise FlaxDigitsError(
+                f"{self.path} holds checkpoints trained on other data ({saved.get('examples')} "
+                f"training examples, sha256 {str(saved.get('sha256'))[:12]}...), but "
+                f"{source} holds {fingerprint['examples']} (sha256 "
+                f"{fingerprint['sha256'][:12]}...); resume on the same data or use a new "
+                f"--workdir")
+        write_atomically(self.data_file, json.dumps(fingerprint, indent=2) + "\n")
 
     # -- metrics.jsonl
 

@@ -105,17 +105,45 @@ def corrupt(step_dir):
 
 
 @pytest.mark.slow
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, data_dir, caplog):
+def test_a_corrupt_newest_checkpoint_never_bricks_the_workdir(tmp_path, data_dir, caplog):
     config = run_config(data_dir)
     loop.train_and_evaluate(config, tmp_path, stop_at_step=7)
-    steps = Checkpoints(tmp_path, keep=3).steps()
-    assert steps == [3, 6, 7]
+    assert Checkpoints(tmp_path, keep=3).steps() == [3, 6, 7]
     corrupt(tmp_path / "checkpoints" / "7")
     caplog.set_level("INFO")
-    loop.train_and_evaluate(config, tmp_path)
+
+    # Readers fall back to the newest readable checkpoint, with a warning.
+    assert inference.load(tmp_path, which="latest").step == 6
     assert "Checkpoint" in caplog.text and "unreadable" in caplog.text
+
+    # Training resumes from it, moves the bad one aside, and saves step 7 anew.
+    final = loop.train_and_evaluate(config, tmp_path)
     assert "resumed from step 6" in caplog.text
+    assert (tmp_path / "checkpoints" / "7.unreadable").is_dir()
+    assert final["report"]["step"] == inference.load(tmp_path).step
     assert_identical(final_params(tmp_path), final_params(self_reference(tmp_path, config)))
+
+
+@pytest.mark.slow
+def test_damaged_validation_metrics_are_moved_aside(tmp_path, data_dir, caplog):
+    config = run_config(data_dir, checkpoint_every_steps=0)
+    loop.train_and_evaluate(config, tmp_path)
+    (tmp_path / "checkpoints" / "22" / "metrics" / "metrics").write_text("garbage{")
+    assert inference.load(tmp_path).step == 11  # the other validated checkpoint
+    assert "unreadable validation metrics, moved aside" in caplog.text
+    assert (tmp_path / "checkpoints" / "22" / "metrics" / "metrics.unreadable").is_file()
+
+
+@pytest.mark.slow
+def test_resuming_on_other_data_is_refused(tmp_path, data_dir):
+    loop.train_and_evaluate(run_config(data_dir), tmp_path / "work", stop_at_step=5)
+    smaller = testing.write_idx_folder(tmp_path / "smaller", 300, 100)
+    with pytest.raises(FlaxDigitsError, match="holds checkpoints trained on other data"):
+        loop.train_and_evaluate(run_config(smaller), tmp_path / "work")
+    moved = tmp_path / "moved"
+    data_dir_copy = testing.write_idx_folder(moved, 400, 100)  # the same digits elsewhere
+    final = loop.train_and_evaluate(run_config(data_dir_copy), tmp_path / "work")
+    assert final["step"] == 22
 
 
 def self_reference(tmp_path, config):

@@ -1,6 +1,7 @@
 """flaxdigits/workdir.py: the files of a workdir, written whole and read back."""
 
 import json
+import os
 
 import pytest
 
@@ -49,3 +50,35 @@ def test_checkpoint_folders_are_recognised(tmp_path):
     report = {"accuracy": 0.5}
     workdir.write_report(report)
     assert json.loads(workdir.report_file.read_text()) == report
+
+
+def test_one_training_run_per_workdir_and_the_lock_names_its_holder(tmp_path):
+    workdir = Workdir(tmp_path / "run")
+    with workdir.lock():
+        with pytest.raises(FlaxDigitsError, match=rf"{tmp_path / 'run'} is in use by another "
+                                                  rf"training run \(pid {os.getpid()}\)"):
+            with Workdir(tmp_path / "run").lock():
+                pass
+    with workdir.lock():  # released when the holder is done
+        pass
+
+
+def test_a_workdir_that_is_a_file_or_under_one(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FlaxDigitsError, match="file: is a file, not a workdir folder"):
+        Workdir(tmp_path / "file").create()
+    with pytest.raises(FlaxDigitsError, match=r"file/run: cannot create the workdir \(Not a "
+                                              r"directory\)"):
+        Workdir(tmp_path / "file" / "run").create()
+
+
+def test_resuming_on_other_data_is_refused(tmp_path):
+    workdir = Workdir(tmp_path)
+    mnist = {"examples": 60000, "sha256": "a" * 64}
+    workdir.check_same_data(mnist, "MNIST IDX files in A", resuming=False)
+    workdir.check_same_data(mnist, "MNIST IDX files in B", resuming=True)  # moved: fine
+    with pytest.raises(FlaxDigitsError, match=r"trained on other data \(60000 training "
+                                              r"examples, sha256 aaaaaaaaaaaa...\), but small "
+                                              r"holds 3000"):
+        workdir.check_same_data({"examples": 3000, "sha256": "b" * 64}, "small", resuming=True)
+    workdir.check_same_data({"examples": 3000, "sha256": "b" * 64}, "small", resuming=False)

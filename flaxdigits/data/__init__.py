@@ -13,6 +13,7 @@ Bad input raises FlaxDigitsError with a one-line message naming the file and the
 """
 
 import dataclasses
+import hashlib
 import logging
 import pathlib
 from typing import Iterator, NamedTuple, Optional
@@ -57,6 +58,18 @@ class Dataset:
     validation: Optional[Split]  # None when validation_fraction == 0
     test: Optional[Split]  # None where the source has no labelled test set (Kaggle)
     source: str  # what was read, for the log and the report
+    # What the training data is, wherever it lies: {'examples': N, 'sha256': ...} of the
+    # training images and labels as read (before the validation split).
+    fingerprint: dict = dataclasses.field(default_factory=dict)
+
+
+def fingerprint(raw: RawDigits) -> dict:
+    """Counts and a hash of the training images and labels: the same data in another folder
+    or format gives the same fingerprint; any other data another one."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(raw.train_images, dtype=np.uint8).tobytes())
+    digest.update(np.ascontiguousarray(raw.train_labels, dtype=np.int64).tobytes())
+    return {"examples": int(len(raw.train_labels)), "sha256": digest.hexdigest()}
 
 
 def to_model_inputs(images_uint8: np.ndarray) -> np.ndarray:
@@ -102,7 +115,8 @@ def make_splits(raw: RawDigits, *, validation_fraction: float, split_seed: int,
     validation = (split(raw.train_images[held_out], train_labels[held_out])
                   if len(held_out) else None)
     test = None if raw.test_images is None else split(raw.test_images, raw.test_labels)
-    return Dataset(split(raw.train_images[keep], train_labels[keep]), validation, test, source)
+    return Dataset(split(raw.train_images[keep], train_labels[keep]), validation, test, source,
+                   fingerprint(raw))
 
 
 def load_dataset(data_config) -> Dataset:

@@ -14,7 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from flaxdigits import NUM_CLASSES, augment, data, models
+from flaxdigits import IMAGE_SIDE, NUM_CLASSES, augment, data, models
+from flaxdigits import config as config_lib
 from flaxdigits.checkpoint import Checkpoints
 from flaxdigits.errors import FlaxDigitsError
 from flaxdigits.workdir import Workdir
@@ -33,24 +34,39 @@ class Trained(NamedTuple):
 
 def load(workdir, which: str = "best") -> Trained:
     """The model of a trained workdir. `which`: 'best' (highest validation accuracy; the
-    latest if none was validated) or 'latest'. The config is the one it was trained with."""
+    latest if none was validated) or 'latest'; where that checkpoint cannot be read, the
+    newest one that can (with a warning). The config is the one it was trained with."""
     workdir = Workdir(workdir)
     saved = workdir.read_config()
     if saved is None:
         raise FlaxDigitsError(
             f"{workdir}: no trained model here (no {workdir.config_file.name}); train one "
             f"first with --mode=train")
+    if not isinstance(saved.get("model"), dict):
+        raise FlaxDigitsError(f"{workdir.config_file}: has no 'model' section")
+    config_lib.validate_model(saved["model"], f"{workdir.config_file}: model")
     config = ml_collections.ConfigDict(saved)
+    model = models.model_from_config(config)
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
-        step = checkpoints.best_step() if which == "best" else checkpoints.latest_step()
-        if step is None:
-            raise FlaxDigitsError(f"{checkpoints.directory}: no checkpoint to load")
-        variables = checkpoints.restore_variables(step)
+        first = checkpoints.best_step() if which == "best" else checkpoints.latest_step()
+        variables, step = checkpoints.restore_readable_variables(first)
     finally:
         checkpoints.close()
+    expected = jax.eval_shape(model.init, jax.random.key(0),
+                              np.zeros((1, IMAGE_SIDE, IMAGE_SIDE, 1), np.float32))
+    if shapes(expected) != shapes(variables):
+        raise FlaxDigitsError(
+            f"{workdir.config_file}: its model ({config.model.name}) does not match the "
+            f"parameters in {checkpoints.directory}/{step}")
     log.info("Loaded %s step %d (%s)", checkpoints.directory, step, which)
-    return Trained(models.model_from_config(config), variables, config, step)
+    return Trained(model, variables, config, step)
+
+
+def shapes(variables) -> dict:
+    """{path: shape} of every array: what must agree between a model and a checkpoint."""
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf
+            in jax.tree_util.tree_flatten_with_path(variables)[0]}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))

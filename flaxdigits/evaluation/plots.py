@@ -1,16 +1,27 @@
 """The report's plots, drawn with matplotlib's object API: no pyplot, no display, no global
 state, so they work in servers, tests and notebooks alike."""
 
+import io
 import pathlib
 from typing import Optional
 
 import numpy as np
+
+from flaxdigits.workdir import write_atomically
 
 
 def new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save(figure, out_path: pathlib.Path) -> pathlib.Path:
+    """The figure as a PNG, replacing `out_path` whole (never half a file)."""
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    write_atomically(out_path, png.getvalue())
+    return out_path
 
 
 def plot_training_curves(records: list[dict], out_path: pathlib.Path,
@@ -33,8 +44,7 @@ def plot_training_curves(records: list[dict], out_path: pathlib.Path,
         axes.grid(alpha=0.3)
         axes.legend()
     figure.suptitle(title)
-    figure.savefig(out_path)
-    return out_path
+    return save(figure, out_path)
 
 
 def plot_confusion_matrix(matrix, out_path: pathlib.Path, title: str) -> pathlib.Path:
@@ -65,8 +75,7 @@ def plot_confusion_matrix(matrix, out_path: pathlib.Path, title: str) -> pathlib
     axes.set_xlabel("predicted digit")
     axes.set_ylabel("true digit")
     axes.set_title(title)
-    figure.savefig(out_path)
-    return out_path
+    return save(figure, out_path)
 
 
 def plot_misclassified(images_bhwc: np.ndarray, true_ids: np.ndarray,
@@ -92,5 +101,4 @@ def plot_misclassified(images_bhwc: np.ndarray, true_ids: np.ndarray,
         axes.imshow(images_bhwc[index, :, :, 0], cmap="gray_r", vmin=0, vmax=1)
         axes.set_title(f"true {true_ids[index]}, predicted {predicted[index]}\n"
                        f"p={confidence[index]:.3f} (#{index})", fontsize=8)
-    figure.savefig(out_path)
-    return out_path
+    return save(figure, out_path)

@@ -120,23 +120,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     logs.show_progress()
     config_lib.validate(config)
     workdir = Workdir(workdir)
-    workdir.path.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    try:
-        return _train_and_evaluate(config, workdir, checkpoints, stop_at_step)
-    finally:
-        checkpoints.close()  # waits for a save still being written
+    with workdir.lock():  # one training run per workdir
+        checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+        try:
+            return _train_and_evaluate(config, workdir, checkpoints, stop_at_step)
+        finally:
+            checkpoints.close()  # waits for a save still being written
 
 
 def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
                         stop_at_step: Optional[int]) -> dict:
-    if checkpoints.steps():
+    resuming = bool(checkpoints.steps())
+    if resuming:
         config_lib.check_resumable(config, workdir)
     workdir.write_config(config)
     log.info("Config:\n%s", config)
     log.info("JAX devices: %s", jax.devices())
 
     dataset = data.load_dataset(config.data)
+    workdir.check_same_data(dataset.fingerprint, dataset.source, resuming)
     log.info("Examples: train %d, validation %d, test %d", len(dataset.train),
              len(dataset.validation or []), len(dataset.test or []))
     trainer = Trainer(config, dataset.train)
@@ -249,7 +251,7 @@ def _test_and_report(config, workdir: Workdir, dataset: data.Dataset, trainer: T
             and test_log_probabilities is not None):
         probabilities_nk = np.exp(test_log_probabilities)
     else:
-        variables = checkpoints.restore_variables(best_step)
+        variables, best_step = checkpoints.restore_readable_variables(best_step)
     trained = inference.Trained(trainer.model, variables, config, best_step)
     report = report_lib.write_report(workdir, trained, dataset, config,
                                      probabilities_nk=probabilities_nk)
