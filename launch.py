@@ -24,7 +24,8 @@ flags.DEFINE_enum(
     "train: train (or resume) and report. evaluate: report.json and plots/ of the workdir's "
     "best checkpoint on the config's data. predict: submission.csv for the Kaggle test.csv "
     "in --config.data.dir. serve: the drawing page and JSON API for the workdir's model.")
-flags.DEFINE_integer("port", 8080, "--mode=serve: the port to listen on.")
+flags.DEFINE_integer("port", 8080, "--mode=serve: the port to listen on (0: any free one).",
+                     lower_bound=0, upper_bound=65535)
 flags.DEFINE_string("host", "127.0.0.1", "--mode=serve: the address to listen on "
                     "(0.0.0.0 for every interface).")
 flags.mark_flags_as_required(["config", "workdir"])

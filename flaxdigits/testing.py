@@ -111,6 +111,19 @@ def encode(array_or_image, kind: str = "PNG") -> bytes:
     return out.getvalue()
 
 
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (no image data follows)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
 def bad_bodies(body_limit: int) -> list[tuple[str, bytes, str, int]]:
     """(name, body, Content-Type, the 4xx status it must get) for every kind of request the
     API refuses; `body_limit` is the server's body limit in bytes."""
@@ -134,9 +147,18 @@ def bad_bodies(body_limit: int) -> list[tuple[str, bytes, str, int]]:
          "application/json", 422),
         ("blank canvas", encode(np.full((280, 280), 255)), "image/png", 422),
         ("huge image", encode(Image.new("L", (5000, 4000), 255)), "image/png", 413),
+        ("decompression bomb header", png_header_only(40000, 40000), "image/png", 413),
+        ("integer of 400 digits", pixels([[0] * 27 + [10 ** 400]] + [[0] * 28] * 27),
+         "application/json", 422),
+        ("integer of 5,000 digits", b'{"pixels": ' + b"9" * 5000 + b"}", "application/json",
+         400),
+        ("JSON nested 10,000 deep", b'{"pixels": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+         "application/json", 400),
+        ("a speck of ink", encode(np.pad(np.full((2, 2), 255), 13)), "image/png", 422),
         ("body over the limit", b"\x89PNG" + b"0" * (body_limit + 1), "image/png", 413),
         ("GIF", encode(Image.new("L", (28, 28), 0), "GIF"), "image/png", 415),
         ("wrong content type", b"pixels", "text/plain", 415),
+        ("a long odd content type", b"pixels", "text/" + "x" * 5000, 415),
     ]
 
 

@@ -180,4 +180,39 @@ def test_launch_serves_a_workdir_and_refuses_a_missing_one(workdir, tmp_path, la
         assert health["status"] == "ok" and health["model"] == "cnn"
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        _, stderr = process.communicate(timeout=30)
+    assert f"Serving on http://127.0.0.1:{port}/" in stderr and "Traceback" not in stderr
+    assert process.returncode == 143  # SIGTERM: the documented exit, with one line
+    assert stderr.strip().splitlines()[-1].startswith("flaxdigits: stopped by SIGTERM")
+
+
+@pytest.mark.slow
+def test_idle_connections_neither_lock_others_out_nor_linger():
+    import socket
+    import time
+    import urllib.request
+
+    url, server = app_lib.start_in_thread(app_lib.create_app(MeanBrightnessModel()))
+    host, port = url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(200)]
+    try:
+        start = time.monotonic()
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
+            assert response.status == 200
+        assert time.monotonic() - start < 1.0
+        # Idle connections are closed by the server within seconds.
+        time.sleep(app_lib.CHANNEL_TIMEOUT + 2 * app_lib.CLEANUP_INTERVAL + 1)
+        closed = 0
+        for connection in idle:
+            connection.settimeout(0.05)
+            try:
+                closed += connection.recv(1) == b""
+            except TimeoutError:  # still open
+                pass
+            except OSError:  # reset: closed too
+                closed += 1
+        assert closed == len(idle)
+    finally:
+        for connection in idle:
+            connection.close()
+        server.close()

@@ -51,3 +51,27 @@ def test_an_empty_canvas_is_a_clear_422(blank):
     with pytest.raises(preprocess.BadInput, match="no digit found") as error:
         preprocess.digit_like_mnist(blank.astype(np.float32))
     assert error.value.status == 422
+
+
+def test_a_16_bit_png_keeps_its_contrast(mnist_digit):
+    from PIL import Image
+
+    page = testing.redraw(mnist_digit(4)[0]).astype(np.uint16) * 257  # 0..65535
+    wide = Image.fromarray(page)
+    assert wide.mode == "I;16"
+    gray = preprocess.decode_image(testing.encode(wide))
+    np.testing.assert_allclose(gray, page / 257, atol=1.0)
+    assert preprocess.digit_like_mnist(gray).max() == pytest.approx(1.0)  # not "blank"
+
+
+def test_a_phone_photo_is_turned_upright_by_its_exif_orientation():
+    from PIL import Image
+
+    photo = Image.new("L", (280, 140), 255)  # stored landscape ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... to be shown turned 90 degrees: portrait
+    import io
+
+    out = io.BytesIO()
+    photo.save(out, format="JPEG", exif=exif)
+    assert preprocess.decode_image(out.getvalue()).shape == (280, 140)

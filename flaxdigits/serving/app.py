@@ -86,8 +86,9 @@ def create_app(predictor, max_body_bytes: int = MAX_BODY_BYTES):
     def predict():
         kind = request.mimetype
         if kind not in IMAGE_TYPES + ("application/json",):
-            raise preprocess.BadInput(415, f"Content-Type {kind or '(none)'} is not "
-                                           f"image/png, image/jpeg or application/json")
+            shown = repr(kind[:40]) if kind else "(none)"  # never echo much of a request
+            raise preprocess.BadInput(415, f"Content-Type {shown} is not image/png, "
+                                           f"image/jpeg or application/json")
         body = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413, never read
         gray = (preprocess.pixels_from_json(body) if kind == "application/json"
                 else preprocess.decode_image(body))
@@ -101,11 +102,30 @@ def create_app(predictor, max_body_bytes: int = MAX_BODY_BYTES):
     def bad_input(error):
         return jsonify(error=str(error)), error.status
 
+    @app.after_request
+    def no_sniffing(response):  # answers are what their Content-Type says, nothing else
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
     @app.errorhandler(HTTPException)
     def http_error(error):  # 404, 405, 413 ... as JSON, like every other answer
         return jsonify(error=f"{error.name}: {error.description}"), error.code
 
     return app
+
+
+# waitress's connection settings: many idle connections must not lock everyone out
+# (waitress's defaults, 100 connections kept for 120 s, let ~100 idle sockets deny service
+# for two minutes).
+CONNECTION_LIMIT = 1000  # open connections at most; beyond it new ones wait
+CHANNEL_TIMEOUT = 10  # seconds an idle connection is kept
+CLEANUP_INTERVAL = 2  # seconds between sweeps for idle connections
+
+
+def server_settings(threads: int) -> dict:
+    return dict(threads=threads, max_request_body_size=WAITRESS_BODY_LIMIT,
+                connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT,
+                cleanup_interval=CLEANUP_INTERVAL, ident="flaxdigits")
 
 
 def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
@@ -122,8 +142,8 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
     start = time.monotonic()
     predictor = Predictor(workdir)
     log.info("Model %s (step %d) loaded and compiled in %.1f s",
-                 predictor.trained.config.model.name, predictor.trained.step,
-                 time.monotonic() - start)
+             predictor.trained.config.model.name, predictor.trained.step,
+             time.monotonic() - start)
     app = create_app(predictor)
     # Everything loaded so far (JAX, flax, the model) lives as long as the server: keep it
     # out of the garbage collector's full passes, which otherwise stall every request in
@@ -131,12 +151,10 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
     gc.collect()
     gc.freeze()
     try:
-        server = waitress.create_server(app, host=host, port=port, threads=threads,
-                                        max_request_body_size=WAITRESS_BODY_LIMIT,
-                                        ident="flaxdigits")
+        server = waitress.create_server(app, host=host, port=port, **server_settings(threads))
     except OSError as e:
         raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    log.info("Serving on http://%s:%d/ (Ctrl-C stops)", host, server.effective_port)
+    log.info("Serving on http://%s:%s/ (Ctrl-C stops)", host, server.effective_port)
     try:
         server.run()
     except KeyboardInterrupt:
@@ -150,8 +168,8 @@ def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 
     and benchmarks: port 0 picks a free port; `server.close()` stops it."""
     import waitress.server
 
-    server = waitress.server.create_server(app, host=host, port=port, threads=threads,
-                                           max_request_body_size=WAITRESS_BODY_LIMIT)
+    server = waitress.server.create_server(app, host=host, port=port,
+                                           **server_settings(threads))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     return f"http://{host}:{server.effective_port}", server

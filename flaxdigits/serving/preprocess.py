@@ -11,6 +11,7 @@ from flaxdigits import IMAGE_SIDE
 MAX_IMAGE_PIXELS = 4096 * 4096  # a decoded image larger than this is refused (413)
 FIT_BOX = 20  # MNIST scaled each digit to fit a 20x20 box ...
 MNIST_CENTRE = 14.0  # ... and put its centre of mass at pixel (14, 14)
+MIN_INK_PIXELS = 8  # fewer inked pixels than this is a speck, not a digit
 
 
 class BadInput(Exception):
@@ -26,31 +27,42 @@ class BadInput(Exception):
 
 
 def decode_image(body: bytes) -> np.ndarray:
-    """PNG or JPEG bytes -> float32 grayscale (H, W) in 0..255. Transparent pixels count as
-    white paper (a canvas exported with no background)."""
-    from PIL import Image, UnidentifiedImageError
+    """PNG or JPEG bytes -> float32 grayscale (H, W) in 0..255, upright (EXIF orientation
+    applied, as phone photos need). Transparent pixels count as white paper (a canvas
+    exported with no background); 16-bit images keep their contrast.
+
+    Whatever goes wrong while decoding is the body's fault: a 4xx, never a 500."""
+    from PIL import Image, ImageOps
 
     if not body:
         raise BadInput(400, "empty body: send a PNG or JPEG image")
     try:
         image = Image.open(io.BytesIO(body))  # reads the header only
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours
+        raise BadInput(413, f"image has more than {MAX_IMAGE_PIXELS:,} pixels") from None
+    except Exception as e:  # noqa: BLE001 (any failure to parse the header is the body's)
         raise BadInput(400, f"not a readable PNG or JPEG image ({type(e).__name__})") from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise BadInput(413, f"image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS:,} "
                             f"pixels are accepted")
     if image.format not in ("PNG", "JPEG"):
-        raise BadInput(415, f"image format {image.format} is not PNG or JPEG")
+        raise BadInput(415, f"image format {str(image.format)[:20]} is not PNG or JPEG")
     try:
         image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit or float gray
+            values = np.asarray(image, dtype=np.float32)
+            top = 65535.0 if image.mode.startswith("I") and values.max() > 255 else 255.0
+            return np.clip(values * (255.0 / top), 0, 255)
         if "A" in image.getbands() or "transparency" in image.info:
             rgba = image.convert("RGBA")
             paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             image = Image.alpha_composite(paper, rgba)
         gray = image.convert("L")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise BadInput(400, f"image could not be decoded ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 (truncated data, bad chunks, bombs, odd modes)
+        raise BadInput(400, f"image could not be decoded ({type(e).__name__}: "
+                            f"{str(e)[:120]})") from None
     return np.asarray(gray, dtype=np.float32)
 
 
@@ -60,17 +72,19 @@ def pixels_from_json(body: bytes) -> np.ndarray:
         raise BadInput(400, 'empty body: send {"pixels": [[...28 numbers], ... 28 rows]}')
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadInput(400, f"body is not valid JSON ({e})") from None
+    # ValueError: also integers of more than 4,300 digits; RecursionError: deep nesting.
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise BadInput(400, f"body is not valid JSON ({type(e).__name__}: "
+                            f"{str(e)[:120]})") from None
     if not isinstance(payload, dict) or "pixels" not in payload:
         raise BadInput(422, 'JSON body must be an object with a "pixels" field')
     try:
         pixels = np.asarray(payload["pixels"], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise BadInput(422, '"pixels" must be 28 rows of 28 numbers') from None
     if pixels.shape != (IMAGE_SIDE, IMAGE_SIDE):
         raise BadInput(422, f'"pixels" must be 28 rows of 28 numbers, not shape '
-                            f'{"x".join(map(str, pixels.shape)) or "scalar"}')
+                            f'{"x".join(map(str, pixels.shape[:4])) or "scalar"}')
     if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
         raise BadInput(422, '"pixels" values must be numbers in 0..255')
     return pixels.astype(np.float32)
@@ -96,6 +110,8 @@ def digit_like_mnist(gray: np.ndarray) -> np.ndarray:
     x = np.clip(x - np.median(border), 0.0, None)  # the paper's own level is not ink
     if x.max() < 32:
         raise BadInput(422, "no digit found: the image is blank")
+    if np.count_nonzero(x > 0.2 * x.max()) < MIN_INK_PIXELS:
+        raise BadInput(422, f"no digit found: fewer than {MIN_INK_PIXELS} pixels of ink")
 
     ink_rows = np.flatnonzero((x > 0.2 * x.max()).any(axis=1))
     ink_cols = np.flatnonzero((x > 0.2 * x.max()).any(axis=0))
