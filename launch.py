@@ -48,7 +48,7 @@ def parse_flags(argv):
         field = text.split("'")[0].split()[0]
         culprit = next((a for a in argv if a.startswith("--config.") and field in a), "")
         hint = text[text.find("Did you mean"):] if "Did you mean" in text else ""
-        message = f"{culprit.split('=')[0]}: no such config field {hint}".strip()
+        message = f"{culprit.split('=')[0]}: no such config field" + (f"; {hint}" if hint else "")
     except Exception as e:  # the config file itself failed to load: report the first cause
         while e.__cause__ is not None or e.__context__ is not None:
             e = e.__cause__ or e.__context__
@@ -83,6 +83,9 @@ def main(argv):
     logging.get_absl_handler().addFilter(quiet_orbax)
     # The library's loggers follow absl's --verbosity (see flaxdigits/logs.py).
     std_logging.getLogger("flaxdigits").setLevel(std_logging.getLogger().getEffectiveLevel())
+    # JAX says at INFO which accelerator backends it could not start ('tpu' on every CPU):
+    # the device line of the log says what it did find.
+    std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
     try:
         from flaxdigits import config as config_lib
 

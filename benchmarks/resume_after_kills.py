@@ -21,6 +21,8 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from flaxdigits import testing  # noqa: E402
+
 from flaxdigits.checkpoint import Checkpoints  # noqa: E402
 from flaxdigits.evaluation import inference  # noqa: E402
 from flaxdigits.workdir import Workdir  # noqa: E402
@@ -53,11 +55,13 @@ def metrics_without_timing(workdir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--data_dir", default=None, help="a folder of the MNIST IDX files; "
+                        "default: ../shared/data/mnist, else flaxdigits' cache (fetched once)")
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--seed", type=int, default=None, help="for the kill moments")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    args.data_dir = str(args.data_dir or testing.mnist_folder(REPO))
     rng = random.Random(args.seed)
     root = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="resume_bench_"))
     straight, killed = root / "straight", root / "killed"

@@ -15,6 +15,8 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from flaxdigits import testing  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -58,8 +60,10 @@ def transformed_sets(images):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("workdirs", nargs="+")
-    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--data_dir", default=None, help="a folder of the MNIST IDX files; "
+                        "default: ../shared/data/mnist, else flaxdigits' cache (fetched once)")
     args = parser.parse_args()
+    args.data_dir = str(args.data_dir or testing.mnist_folder(REPO))
 
     raw = idx.load_folder(pathlib.Path(args.data_dir))
     test_labels = raw.test_labels

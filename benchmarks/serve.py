@@ -73,11 +73,13 @@ def train_fast(workdir: pathlib.Path, data_dir: str) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", help="a trained workdir; default: train configs/fast.py")
-    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--data_dir", default=None, help="a folder of the MNIST IDX files; "
+                        "default: ../shared/data/mnist, else flaxdigits' cache (fetched once)")
     parser.add_argument("--digits", type=int, default=300)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=1600, help="in the latency part")
     args = parser.parse_args()
+    args.data_dir = str(args.data_dir or testing.mnist_folder(REPO))
 
     with tempfile.TemporaryDirectory() as scratch:
         workdir = pathlib.Path(args.workdir or pathlib.Path(scratch) / "fast")

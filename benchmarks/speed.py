@@ -36,6 +36,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from flaxdigits import testing  # noqa: E402
+
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -232,12 +234,14 @@ def devices_table(n_steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--data_dir", default=None, help="a folder of the MNIST IDX files; "
+                        "default: ../shared/data/mnist, else flaxdigits' cache (fetched once)")
     parser.add_argument("--runs", type=int, default=3, help="runs of configs/fast.py")
     parser.add_argument("--steps", type=int, default=150, help="timed steps per loop")
     parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 13")
     parser.add_argument("--devices_child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.data_dir = str(args.data_dir or testing.mnist_folder(REPO))
     if args.devices_child:
         return devices_child(args.devices_child)
 

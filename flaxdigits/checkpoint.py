@@ -22,6 +22,19 @@ from flaxdigits.workdir import Workdir
 log = logging.getLogger(__name__)
 
 
+class _ExpectedOrbaxWarnings(logging.Filter):
+    """Orbax warns, through absl's logger, that a checkpoint folder opened for reading is
+    read-only: here that is the intent (evaluate, predict, serve), not a permissions error."""
+
+    EXPECTED = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.EXPECTED)
+
+
+logging.getLogger("absl").addFilter(_ExpectedOrbaxWarnings())
+
+
 class Checkpoints:
     """Saves and restores the training state of one workdir (a Workdir or a path)."""
 

@@ -170,7 +170,7 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
     validate_model(tree["model"], "config.model")
     if tree["data"]["source"] == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
         raise FlaxDigitsError("config.data.source='tfds' needs tensorflow-datasets, which is "
-                              "not installed: pip install 'flaxdigits[tfds]'")
+                              "not installed: pip install -e '.[tfds]' in the flaxdigits checkout")
 
     if device_count is None:
         import jax

@@ -80,6 +80,21 @@ def write_idx_subset(raw: RawDigits, folder: pathlib.Path, train_count: int,
     return folder
 
 
+def mnist_folder(repo: pathlib.Path, *, fetch_if_missing: bool = True) -> Optional[pathlib.Path]:
+    """A folder of the real MNIST files: `../shared/data/mnist` beside the checkout where it
+    exists (the project's machines), else flaxdigits' own cache (what the first training
+    run fetched), fetched now if `fetch_if_missing`; None if there is none."""
+    from flaxdigits.data import fetch
+
+    shared = repo.parent / "shared" / "data" / "mnist"
+    if shared.is_dir():
+        return shared
+    cached = fetch.default_cache_dir() / "mnist"
+    if fetch.cache_is_complete(cached):
+        return cached
+    return fetch.fetch_mnist() if fetch_if_missing else None
+
+
 # ---------------------------------------------------------------------------------------
 # Digits as people draw them, and bodies a server must refuse
 
@@ -158,6 +173,8 @@ def bad_bodies(body_limit: int) -> list[tuple[str, bytes, str, int]]:
         ("body over the limit", b"\x89PNG" + b"0" * (body_limit + 1), "image/png", 413),
         ("GIF", encode(Image.new("L", (28, 28), 0), "GIF"), "image/png", 415),
         ("wrong content type", b"pixels", "text/plain", 415),
+        ("a form without a file", b"--x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1"
+         b"\r\n--x--\r\n", "multipart/form-data; boundary=x", 400),
         ("a long odd content type", b"pixels", "text/" + "x" * 5000, 415),
     ]
 

@@ -13,8 +13,13 @@ from flaxdigits import testing
 from flaxdigits.data import idx
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"{MNIST_DIR} is absent")
+# The real MNIST files: ../shared/data/mnist beside the checkout, else flaxdigits' cache (a
+# first training run fills it). Tests never download them; without either they skip.
+MNIST_DIR = (testing.mnist_folder(REPO, fetch_if_missing=False)
+             or REPO.parent / "shared" / "data" / "mnist")
+needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(),
+                                 reason=f"no MNIST files: {MNIST_DIR} is absent and the "
+                                        f"cache is empty (run a training once to fill it)")
 
 
 def tiny_config(**overrides):
@@ -38,7 +43,7 @@ def tiny_config_fixture():
 def mnist_raw():
     """RawDigits of the real MNIST files (a skip where ../shared/data/mnist is absent)."""
     if not MNIST_DIR.is_dir():
-        pytest.skip(f"{MNIST_DIR} is absent")
+        pytest.skip(f"no MNIST files: {MNIST_DIR} is absent and the cache is empty")
     return idx.load_folder(MNIST_DIR)
 
 

@@ -64,6 +64,10 @@ def test_api_reads_png_jpeg_and_json(client, mnist_raw):
     transparent.putalpha(rgba)
     from_alpha = check_prediction(client.post("/api/predict", data=png(transparent),
                                               content_type="image/png"))
+    import io
+
+    check_prediction(client.post("/api/predict", content_type="multipart/form-data",
+                                 data={"image": (io.BytesIO(png(page)), "digit.png")}))
     from_json = check_prediction(client.post("/api/predict", json={"pixels": digit.tolist()}))
     assert np.corrcoef(np.ravel(from_json["input"]), digit.ravel())[0, 1] > 0.9
     assert np.corrcoef(np.ravel(from_alpha["input"]), digit.ravel())[0, 1] > 0.8

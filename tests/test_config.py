@@ -230,5 +230,5 @@ def test_tfds_without_its_extra_installed(monkeypatch):
                         lambda name, *a: None if name == "tensorflow_datasets" else real(name, *a))
     config = tiny_config(**{"data.source": "tfds"})
     with pytest.raises(FlaxDigitsError, match=r"needs tensorflow-datasets, which is not "
-                                              r"installed: pip install 'flaxdigits\[tfds\]'"):
+                                              r"installed: pip install -e '\.\[tfds\]'"):
         config_lib.validate(config, device_count=1)

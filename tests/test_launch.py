@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -54,7 +55,7 @@ def test_typo_in_override_fails_clearly(tmp_path, launch):
                     "--config.optim.learnin_rate=1e-3")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == ('flaxdigits: error: --config.optim.learnin_rate: no such '
-                                     'config field Did you mean "learning_rate" instead of '
+                                     'config field; Did you mean "learning_rate" instead of '
                                      '"learnin_rate"?')
     assert not (tmp_path / "config.json").exists()
 
@@ -71,3 +72,29 @@ def test_bad_data_is_one_line_and_non_zero_exit(tmp_path, case, launch):
     assert "Traceback" not in result.stderr
     error_lines = [l for l in result.stderr.splitlines() if l.startswith("flaxdigits: error:")]
     assert len(error_lines) == 1 and str(folder) in error_lines[0], result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_before_training_starts_is_one_line_and_the_documented_exit(tmp_path, signum):
+    data_dir = testing.write_idx_folder(tmp_path / "data", 300, 100)
+    process = subprocess.Popen(
+        [sys.executable, "launch.py", "--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}",
+         f"--config.data.dir={data_dir}"], cwd=REPO, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    for line in process.stderr:  # the run is loading its data: not yet in the loop
+        if "Config in" in line:
+            break
+    process.send_signal(signum)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 128 + signum, rest
+    assert "Traceback" not in rest
+    assert rest.strip().splitlines()[-1].startswith(
+        f"flaxdigits: stopped by {signal.Signals(signum).name}")
+
+
+def test_a_port_out_of_range_is_refused(tmp_path, launch):
+    result = launch("--config=configs/tiny.py", f"--workdir={tmp_path}", "--mode=serve",
+                    "--port=70000")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "flaxdigits: error: flag --port=70000: 70000 is not an integer in the range [0, 65535]"]

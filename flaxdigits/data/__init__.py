@@ -132,6 +132,11 @@ def load_dataset(data_config) -> Dataset:
         folder = data_config.dir or fetch.fetch_mnist(data_config.cache_dir or None)
         raw, description = load_folder(folder)
     log.info("Data: %s", description)
+    missing = sorted(set(range(NUM_CLASSES)) - set(np.unique(raw.train_labels).tolist()))
+    if missing:
+        log.warning("%s: the training data has no examples of digit(s) %s: the model cannot "
+                    "learn them, and accuracy on such data says little", description,
+                    ", ".join(map(str, missing)))
     return make_splits(raw, validation_fraction=data_config.validation_fraction,
                        split_seed=data_config.split_seed, source=description)
 

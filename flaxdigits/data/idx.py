@@ -12,6 +12,7 @@ from flaxdigits.errors import FlaxDigitsError
 
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+MAX_EXAMPLES = 10_000_000  # far beyond any digit set; a header promising more is refused
 
 # Accepted spellings of each file, without and with ".gz". The dotted spelling is how some
 # re-distributions (e.g. Kaggle's "MNIST dataset" upload) name the same files.
@@ -24,21 +25,40 @@ FILES = {
 
 
 def find_file(folder: pathlib.Path, key: str) -> Optional[pathlib.Path]:
-    for name in FILES[key]:
-        for candidate in (folder / name, folder / (name + ".gz")):
-            if candidate.is_file():
-                return candidate
-    return None
+    """The one file of `key` in `folder`, in any accepted spelling; two spellings of the
+    same file would leave it to chance which is read: refused."""
+    found = [candidate for name in FILES[key]
+             for candidate in (folder / name, folder / (name + ".gz")) if candidate.is_file()]
+    if len(found) > 1:
+        raise FlaxDigitsError(f"{folder}: holds {' and '.join(p.name for p in found)}, the "
+                              f"same file twice; keep one")
+    return found[0] if found else None
 
 
-def read_bytes_maybe_gzipped(path: pathlib.Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise FlaxDigitsError(f"{path}: broken gzip data ({e})") from None
-    return raw
+def read_bytes_maybe_gzipped(path: pathlib.Path, *, images: bool) -> bytes:
+    """The file's bytes, decompressed if it is gzipped (whatever it is called). A gzipped
+    file is inflated only as far as its header promises (plus one byte, to notice trailing
+    data): a small .gz that inflates to gigabytes is refused, not unpacked."""
+    with path.open("rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"  # gzip's magic
+    if not gzipped:
+        return path.read_bytes()
+    header_size = 16 if images else 8
+    try:
+        with gzip.open(path, "rb") as f:
+            header = f.read(header_size)
+            if (len(header) < header_size or int.from_bytes(header[:4], "big")
+                    != (IMAGES_MAGIC if images else LABELS_MAGIC)):
+                return header  # parse() names the truncated header or the wrong magic
+            dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big")
+                    for i in range(3 if images else 1)]
+            promised = int(np.prod(dims, dtype=np.int64))
+            if promised > MAX_EXAMPLES * (IMAGE_SIDE * IMAGE_SIDE if images else 1):
+                raise FlaxDigitsError(f"{path}: its header promises {promised:,} bytes, more "
+                                      f"than {MAX_EXAMPLES:,} digits")
+            return header + f.read(promised + 1)
+    except (OSError, EOFError) as e:
+        raise FlaxDigitsError(f"{path}: broken gzip data ({e})") from None
 
 
 def parse(raw: bytes, path, *, images: bool) -> np.ndarray:
@@ -73,8 +93,9 @@ def to_bytes(array: np.ndarray) -> bytes:
 
 
 def read_pair(images_path: pathlib.Path, labels_path: pathlib.Path):
-    images = parse(read_bytes_maybe_gzipped(images_path), images_path, images=True)
-    labels = parse(read_bytes_maybe_gzipped(labels_path), labels_path, images=False)
+    images = parse(read_bytes_maybe_gzipped(images_path, images=True), images_path, images=True)
+    labels = parse(read_bytes_maybe_gzipped(labels_path, images=False), labels_path,
+                   images=False)
     if len(images) != len(labels):
         raise FlaxDigitsError(
             f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path}")

@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 
 from flaxdigits import IMAGE_SIDE
-from flaxdigits.data import RawDigits, check_labels
+from flaxdigits.data import RawDigits
 from flaxdigits.errors import FlaxDigitsError
 
 TRAIN_FILE = "train.csv"
@@ -30,6 +30,14 @@ def read_csv(path: pathlib.Path, *, labelled: bool):
             raise FlaxDigitsError(
                 f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
 
+    with path.open("rb") as f:
+        first_line = f.readline(64 * 1024)
+    if b"," not in first_line:
+        for separator, name in ((b";", "semicolons"), (b"\t", "tabs"), (b"|", "bars")):
+            if separator in first_line:
+                raise FlaxDigitsError(f"{path}: columns are separated by {name}; Kaggle's "
+                                      f"CSVs (and flaxdigits) use commas")
+
     # Fast path: a well-formed file parses straight to integer columns (28,000 rows in well
     # under a second). Anything else is re-read as text, to name the first bad cell.
     frame = read()
@@ -44,8 +52,8 @@ def read_csv(path: pathlib.Path, *, labelled: bool):
             what.append(f"missing {len(missing)} column(s) ({', '.join(missing[:3])}"
                         f"{', ...' if len(missing) > 3 else ''})")
         if extra:
-            what.append(f"unexpected column(s) {', '.join(extra[:3])}"
-                        f"{', ...' if len(extra) > 3 else ''}")
+            shown = ", ".join(name[:30] for name in extra[:3])  # a name may be a whole line
+            what.append(f"unexpected column(s) {shown}{', ...' if len(extra) > 3 else ''}")
         if not what:
             what.append("columns are out of order")
         hint = "label, pixel0..pixel783" if labelled else "pixel0..pixel783 (no label column)"
@@ -53,32 +61,39 @@ def read_csv(path: pathlib.Path, *, labelled: bool):
     if len(frame) == 0:
         raise FlaxDigitsError(f"{path}: header only, no rows")
 
-    if all(pd.api.types.is_integer_dtype(dtype) for dtype in frame.dtypes):
+    # The largest value each column may hold: 9 for a label, 255 for a pixel.
+    high = np.array(([9] if labelled else []) + [255] * len(PIXEL_COLUMNS))
+    if all(dtype == np.int64 for dtype in frame.dtypes):
         values = frame.to_numpy(dtype=np.int64)
-    else:
-        frame = read(dtype=str, keep_default_na=False)
-        values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.argwhere(~np.isfinite(values) | (values != np.round(values)))
+        bad = np.argwhere((values < 0) | (values > high))
         if len(bad):
-            row, col = bad[0]
-            cell = frame.iat[row, col]
-            # Data rows count from 1, as in a spreadsheet; the header is line 1 of the file.
-            raise FlaxDigitsError(
-                f"{path}: row {row + 1} (line {row + 2}), column {columns[col]}: "
-                f"{cell!r} is not an integer")
-        values = values.astype(np.int64)
+            frame = None  # re-read as text below, to show the cell as written
+    else:
+        bad = None  # not all integers: re-read as text
+    if frame is None or bad is None:
+        frame = read(dtype=str, keep_default_na=False)
+        numbers = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        for row, col in np.argwhere(~np.isfinite(numbers) | (numbers != np.round(numbers))):
+            raise_cell(path, frame, row, col, "is not an integer")
+        for row, col in np.argwhere((numbers < 0) | (numbers > high)):
+            column = columns[col]
+            raise_cell(path, frame, row, col, "is outside 0..9" if column == "label"
+                       else "is outside 0..255")
+        values = numbers.astype(np.int64)
     labels = None
     if labelled:
         labels = values[:, 0]
-        check_labels(labels, str(path))
         values = values[:, 1:]
-    bad = np.argwhere((values < 0) | (values > 255))
-    if len(bad):
-        row, col = bad[0]
-        raise FlaxDigitsError(
-            f"{path}: row {row + 1} (line {row + 2}), column pixel{col}: "
-            f"{values[row, col]} is outside 0..255")
     return values.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE), labels
+
+
+def raise_cell(path: pathlib.Path, text_frame, row: int, col: int, fault: str):
+    """One line naming a bad cell, as it is written in the file. Data rows count from 1, as
+    in a spreadsheet; the header is line 1 of the file."""
+    cell = str(text_frame.iat[row, col])
+    shown = repr(cell if len(cell) <= 40 else cell[:37] + "...")
+    raise FlaxDigitsError(f"{path}: row {row + 1} (line {row + 2}), column "
+                          f"{text_frame.columns[col]}: {shown} {fault}")
 
 
 def load_folder(folder: pathlib.Path) -> RawDigits:

@@ -1,4 +1,4 @@
-"""MNIST through tensorflow-datasets: `pip install 'flaxdigits[tfds]'` (Colab has it)."""
+"""MNIST through tensorflow-datasets: `pip install -e '.[tfds]' in the flaxdigits checkout` (Colab has it)."""
 
 import logging
 from typing import Optional
@@ -20,7 +20,7 @@ def load(data_dir: Optional[str] = None) -> tuple[RawDigits, str]:
     except ImportError as e:
         raise FlaxDigitsError(
             f"config.data.source='tfds' needs tensorflow and tensorflow-datasets ({e}); "
-            f"pip install 'flaxdigits[tfds]'") from None
+            f"pip install -e '.[tfds]' in the flaxdigits checkout") from None
     # TensorFlow only reads files here: keep it off the GPUs that JAX needs.
     try:
         tf.config.set_visible_devices([], "GPU")

@@ -3,8 +3,9 @@
     python launch.py --config=configs/base.py --workdir=W --mode=serve --port=8080
 
     GET  /              the page: draw with mouse or finger, or upload an image
-    POST /api/predict   body: an image (Content-Type image/png or image/jpeg), or JSON
-                        {"pixels": 28x28 numbers in 0..255}; answers {"label": d,
+    POST /api/predict   body: an image (Content-Type image/png or image/jpeg, or one file of
+                        a multipart form), or JSON {"pixels": 28x28 numbers in 0..255};
+                        answers {"label": d,
                         "probabilities": [10 floats], "input": the 28x28 image the model saw}
     GET  /healthz       {"status": "ok", ...}
 
@@ -85,11 +86,19 @@ def create_app(predictor, max_body_bytes: int = MAX_BODY_BYTES):
     @app.post("/api/predict")
     def predict():
         kind = request.mimetype
-        if kind not in IMAGE_TYPES + ("application/json",):
+        if kind == "multipart/form-data":  # an HTML form or `curl -F image=@digit.png`
+            files = list(request.files.values())
+            if len(files) != 1:
+                raise preprocess.BadInput(400, f"a form upload must hold one image file, not "
+                                               f"{len(files)}")
+            body = files[0].read(max_body_bytes + 1)
+            kind = "image/png"  # decode_image tells PNG from JPEG by the content itself
+        elif kind in IMAGE_TYPES + ("application/json",):
+            body = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413, never read
+        else:
             shown = repr(kind[:40]) if kind else "(none)"  # never echo much of a request
             raise preprocess.BadInput(415, f"Content-Type {shown} is not image/png, "
-                                           f"image/jpeg or application/json")
-        body = request.get_data(cache=False)  # over MAX_CONTENT_LENGTH: 413, never read
+                                           f"image/jpeg, application/json or a form upload")
         gray = (preprocess.pixels_from_json(body) if kind == "application/json"
                 else preprocess.decode_image(body))
         image = preprocess.digit_like_mnist(gray)

@@ -134,7 +134,9 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
     if resuming:
         config_lib.check_resumable(config, workdir)
     workdir.write_config(config)
-    log.info("Config:\n%s", config)
+    log.info("Config in %s: model %s, %d epochs, batch %d, Adam %s at %g, seed %d",
+             workdir.config_file, config.model.name, config.num_epochs, config.batch_size,
+             config.optim.schedule, config.optim.learning_rate, config.seed)
     log.info("JAX devices: %s", jax.devices())
 
     dataset = data.load_dataset(config.data)
@@ -213,6 +215,11 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
                         f"run the same command to resume", stop.received)
                 log.info("Stopped at step %d as asked; checkpoint saved", done)
                 return {"stopped_at_step": done}
+    if stop.received is not None:  # a signal just after the last step's check: still honoured
+        checkpoints.wait()
+        raise RunStopped(f"stopped by {signal.Signals(stop.received).name} after the last "
+                         f"step; checkpoint saved in {checkpoints.directory}; run the same "
+                         f"command to report", stop.received)
 
     final = {"final": True, "train_seconds": time.monotonic() - start_time}
     if val is None and val_batches is not None:  # a finished run, re-reported
