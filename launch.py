@@ -61,7 +61,8 @@ def quiet_orbax(record) -> bool:
     one about checkpoints saved between epochs, which have no validation metric by design."""
     if "/orbax/" not in record.pathname:
         return True
-    return (record.levelno >= std_logging.WARNING
+    # A failed save is also raised to flaxdigits, which says it in one line: no traceback.
+    return (record.levelno >= std_logging.WARNING and not record.exc_info
             and not str(record.msg).startswith("Requested `tracked_metric`"))
 
 

@@ -9,6 +9,7 @@ previous checkpoint intact.
 
 import json
 import logging
+import shutil
 import time
 from typing import Any, Optional
 
@@ -97,11 +98,29 @@ class Checkpoints:
         """Starts saving `state` and the JSON-able `loop` dict; returns before the write ends
         (call `wait`). `val_accuracy` ranks it for keeping the best."""
         metrics = None if val_accuracy is None else {"val_accuracy": float(val_accuracy)}
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)), metrics=metrics)
+        try:  # a failure of the previous (asynchronous) save surfaces here
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)),
+                metrics=metrics)
+        except Exception as e:  # noqa: BLE001 (a full disk, a read-only folder, ...)
+            self._failed(e)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the save in progress; its failure (a full disk) is one line."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            self._failed(e)
+
+    def _failed(self, error: Exception):
+        """A save failed: its half-written folder goes (orbax never lists it, but it holds
+        space); the checkpoints before it are intact."""
+        for partial in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise FlaxDigitsError(
+            f"{self.directory}: saving a checkpoint failed ({type(error).__name__}: "
+            f"{one_line(error)[:200]}); the checkpoints before it are intact: free the space "
+            f"(or fix the folder) and run the same command to resume") from None
 
     def best_step(self) -> Optional[int]:
         """The kept step with the highest validation accuracy (the later one on ties), else
@@ -189,8 +208,10 @@ class Checkpoints:
         return jax.device_get(variables)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def one_line(error: Exception) -> str:

@@ -219,3 +219,32 @@ def test_signal_stops_with_checkpoint_and_rerun_completes(tmp_path, data_dir, si
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resumed from step {stopped}" in result.stderr
     assert result.stdout.strip().startswith("test_accuracy=")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KB filesystem (tmpfs), where root may mount one; skipped elsewhere."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs",
+                              str(mountpoint)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, data_dir, small_disk):
+    config = run_config(data_dir, num_epochs=6, checkpoint_every_steps=5)
+    with pytest.raises(FlaxDigitsError, match=r"saving a checkpoint failed \(.*\); the "
+                                              r"checkpoints before it are intact"):
+        loop.train_and_evaluate(config, small_disk / "work")
+    saved = Checkpoints(small_disk / "work").steps()
+    assert saved and not list((small_disk / "work" / "checkpoints").glob("*tmp*"))
+    subprocess.run(["mount", "-o", "remount,size=50m", str(small_disk)], check=True)
+    loop.train_and_evaluate(config, small_disk / "work")
+    assert_identical(final_params(small_disk / "work"),
+                     final_params(self_reference(tmp_path / "reference", config)))
