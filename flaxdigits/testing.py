@@ -170,6 +170,8 @@ def bad_bodies(body_limit: int) -> list[tuple[str, bytes, str, int]]:
         ("JSON nested 10,000 deep", b'{"pixels": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
          "application/json", 400),
         ("a speck of ink", encode(np.pad(np.full((2, 2), 255), 13)), "image/png", 422),
+        ("a 1x1 image", encode(np.zeros((1, 1))), "image/png", 422),
+        ("a 10000x1 image", encode(np.tile([0, 255], (1, 5000))), "image/png", 422),
         ("body over the limit", b"\x89PNG" + b"0" * (body_limit + 1), "image/png", 413),
         ("GIF", encode(Image.new("L", (28, 28), 0), "GIF"), "image/png", 415),
         ("wrong content type", b"pixels", "text/plain", 415),

@@ -400,3 +400,19 @@ def test_training_data_without_some_digits_is_warned_about(tmp_path, caplog):
     (folder / "train-labels-idx1-ubyte").write_bytes(idx.to_bytes(np.ones(40, np.uint8)))
     data.load_dataset(data_config(dir=str(folder)))
     assert "has no examples of digit(s) 0, 2, 3, 4, 5, 6, 7, 8, 9" in caplog.text
+
+
+@pytest.mark.slow  # imports TensorFlow
+def test_tfds_offline_fails_at_once_with_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow_datasets")
+    import socket
+
+    def unreachable(*args, **kwargs):
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    from flaxdigits.data import tfds as tfds_source
+
+    with pytest.raises(FlaxDigitsError, match="has no prepared mnist in .* and cannot download "
+                                              "it \\(storage.googleapis.com: Name or service"):
+        tfds_source.load(str(tmp_path))

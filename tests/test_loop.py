@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from flaxdigits import data, testing
 from flaxdigits.errors import FlaxDigitsError
 from flaxdigits.evaluation import inference
 from flaxdigits.training import loop
@@ -108,3 +109,12 @@ def test_a_script_calling_the_library_sees_progress(tmp_path, synthetic_dir):
     progress = [l for l in result.stderr.splitlines() if "steps/s, ETA" in l]
     assert progress and "step 3/11: loss" in progress[0], result.stderr[-2000:]
     assert "Report (" in result.stderr and "weighted avg" in result.stderr
+
+
+def test_an_evaluation_batch_larger_than_the_split_shrinks_to_it():
+    images, labels = testing.synthetic_digits(40)
+    split = data.Split(data.to_model_inputs(images), data.one_hot(labels))
+    trainer = loop.Trainer(tiny_config(), split)
+    batches = trainer.eval_batches(data.Split(split.images[:10], split.labels[:10]), 200_000)
+    devices = trainer.mesh.devices.size
+    assert [b["image"].shape[0] for b in batches] == [-(-10 // devices) * devices]

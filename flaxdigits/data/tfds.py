@@ -1,6 +1,7 @@
 """MNIST through tensorflow-datasets: `pip install -e '.[tfds]' in the flaxdigits checkout` (Colab has it)."""
 
 import logging
+import socket
 from typing import Optional
 
 import numpy as np
@@ -10,6 +11,8 @@ from flaxdigits.data import RawDigits, check_labels
 from flaxdigits.errors import FlaxDigitsError
 
 log = logging.getLogger(__name__)
+
+DOWNLOAD_HOST = "storage.googleapis.com"  # where tensorflow-datasets downloads MNIST from
 
 
 def load(data_dir: Optional[str] = None) -> tuple[RawDigits, str]:
@@ -26,8 +29,25 @@ def load(data_dir: Optional[str] = None) -> tuple[RawDigits, str]:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TensorFlow was initialised earlier; it then already holds them
         log.warning("TensorFlow was initialised before flaxdigits could hide GPUs from it")
-    splits = tfds.load("mnist", split=["train", "test"], as_supervised=True,
-                       data_dir=data_dir)
+    builder = tfds.builder("mnist", data_dir=data_dir)
+    mocked = "mock" in tfds.core.DatasetBuilder.download_and_prepare.__qualname__  # tests
+    if not builder.is_prepared() and not mocked:
+        # Offline, tensorflow-datasets retries for minutes before it gives up: ask first.
+        try:
+            socket.create_connection((DOWNLOAD_HOST, 443), timeout=15).close()
+        except OSError as e:
+            raise FlaxDigitsError(
+                f"tensorflow-datasets has no prepared mnist in {builder.data_dir} and cannot "
+                f"download it ({DOWNLOAD_HOST}: {e.strerror or e}); set config.data.dir to a "
+                f"folder of MNIST files, or use data.source='files'") from None
+        log.info("tensorflow-datasets: downloading mnist into %s", builder.data_dir)
+    try:
+        splits = tfds.load("mnist", split=["train", "test"], as_supervised=True,
+                           data_dir=data_dir)
+    except Exception as e:  # noqa: BLE001 (tfds and TensorFlow raise many kinds)
+        text = " ".join(str(e).split())[:200]
+        raise FlaxDigitsError(f"tensorflow-datasets could not load mnist ({type(e).__name__}: "
+                              f"{text})") from None
     arrays = []
     for dataset, split in zip(splits, ("train", "test")):
         # Read in large batches rather than `batch_size=-1`: one code path for the real and

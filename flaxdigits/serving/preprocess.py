@@ -12,6 +12,7 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # a decoded image larger than this is refused (4
 FIT_BOX = 20  # MNIST scaled each digit to fit a 20x20 box ...
 MNIST_CENTRE = 14.0  # ... and put its centre of mass at pixel (14, 14)
 MIN_INK_PIXELS = 8  # fewer inked pixels than this is a speck, not a digit
+MIN_IMAGE_SIDE = 8  # an image narrower or lower than this cannot hold a digit
 
 
 class BadInput(Exception):
@@ -43,6 +44,9 @@ def decode_image(body: bytes) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 (any failure to parse the header is the body's)
         raise BadInput(400, f"not a readable PNG or JPEG image ({type(e).__name__})") from None
     width, height = image.size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise BadInput(422, f"no digit found: a {width}x{height} image is too small to hold "
+                            f"one (at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels)")
     if width * height > MAX_IMAGE_PIXELS:
         raise BadInput(413, f"image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS:,} "
                             f"pixels are accepted")

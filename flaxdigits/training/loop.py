@@ -83,7 +83,10 @@ class Trainer:
 
     def eval_batches(self, split: data.Split, batch_size: int) -> list[dict]:
         """`split` as padded batches, placed on the device(s) once, so that validating after
-        every epoch transfers nothing."""
+        every epoch transfers nothing. A batch size above the split's size shrinks to it
+        (rounded up to split across the devices): padding is never most of a batch."""
+        devices = self.mesh.devices.size
+        batch_size = min(batch_size, -(-len(split) // devices) * devices)
         return [{k: parallel.put(v, self.batch_sharding) for k, v in batch.items()}
                 for batch in data.padded_batches({"image": split.images,
                                                   "label": split.labels}, batch_size)]
