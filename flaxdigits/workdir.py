@@ -181,5 +181,10 @@ def write_atomically(path: pathlib.Path, content) -> None:
         else:
             partial.write_text(content)
         os.replace(partial, path)
+    except OSError as e:  # a read-only folder, a full disk: name the file meant
+        raise FlaxDigitsError(f"{path}: cannot write it ({e.strerror or e})") from None
     finally:
-        partial.unlink(missing_ok=True)
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass

@@ -98,3 +98,26 @@ def test_a_port_out_of_range_is_refused(tmp_path, launch):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "flaxdigits: error: flag --port=70000: 70000 is not an integer in the range [0, 65535]"]
+
+
+def test_unreadable_files_and_folders_are_one_line(tmp_path):
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv, to drop the permission-check override")
+    data_dir = testing.write_idx_folder(tmp_path / "data", 300, 100)
+    (data_dir / "train-images-idx3-ubyte.gz").chmod(0)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    as_a_user = ["setpriv", "--inh-caps=-all", "--bounding-set",
+                 "-dac_override,-dac_read_search", sys.executable, "launch.py",
+                 "--config=configs/tiny.py"]
+    for args, expected in (
+            ([f"--workdir={tmp_path / 'w'}", f"--config.data.dir={data_dir}"],
+             f"{data_dir / 'train-images-idx3-ubyte.gz'}: Permission denied"),
+            ([f"--workdir={locked / 'w'}", f"--config.data.dir={data_dir}"],
+             f"{locked / 'w'}: cannot create the workdir (Permission denied)")):
+        result = subprocess.run(as_a_user + args, cwd=REPO, capture_output=True, text=True,
+                                timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == f"flaxdigits: error: {expected}"
