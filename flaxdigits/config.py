@@ -7,12 +7,15 @@ training run. It raises FlaxDigitsError with one line naming the field, the valu
 allowed. Code deeper down trusts a checked config and does not check it again.
 
 `check_resumable` says which fields may change when a run resumes from its checkpoints.
+`load("fast")` reads a config of configs/ from any working directory (scripts, notebooks).
 """
 
 import dataclasses
 import importlib.util
 import json
 import math
+import pathlib
+import sys
 from typing import Callable, Optional
 
 import ml_collections
@@ -223,6 +226,30 @@ def validate_member(path: str, where: str) -> None:
     validate_model(saved["model"], f"{where} ({workdir.config_file}): model")
     if not workdir.has_checkpoints():
         raise FlaxDigitsError(f"{where}={path!r}: holds no checkpoint to load")
+
+
+# The configs/ folder of the checkout this package was installed from (pip install -e .).
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def load(name_or_path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of configs/<name>.py ('base', 'fast', 'deep', 'tiny'), or of a config
+    file at a path, wherever the caller runs: the folder above the configs is put on the
+    import path while it loads, so variants can `from configs import base`."""
+    path = pathlib.Path(name_or_path).expanduser()
+    if path.suffix != ".py":
+        path = CONFIGS_DIR / f"{name_or_path}.py"
+    if not path.is_file():
+        raise FlaxDigitsError(f"{path}: no such config file")
+    root = str(path.resolve().parent.parent)
+    sys.path.insert(0, root)
+    try:
+        spec = importlib.util.spec_from_file_location(f"_flaxdigits_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+    finally:
+        sys.path.remove(root)
 
 
 # Fields that may change between a run and its resumption: they do not change what is

@@ -232,3 +232,16 @@ def test_tfds_without_its_extra_installed(monkeypatch):
     with pytest.raises(FlaxDigitsError, match=r"needs tensorflow-datasets, which is not "
                                               r"installed: pip install -e '\.\[tfds\]'"):
         config_lib.validate(config, device_count=1)
+
+
+def test_configs_load_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: `from configs import ...` would fail
+    fast = config_lib.load("fast")
+    assert fast.model.name == "fast_cnn" and fast.num_epochs == fast_module().num_epochs
+    assert config_lib.load(str(config_lib.CONFIGS_DIR / "deep.py")).model.name == "deep_cnn"
+    with pytest.raises(FlaxDigitsError, match="configs/nope.py: no such config file"):
+        config_lib.load("nope")
+
+
+def fast_module():
+    return fast.get_config()
