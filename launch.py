@@ -28,6 +28,9 @@ flags.DEFINE_integer("port", 8080, "--mode=serve: the port to listen on (0: any 
                      lower_bound=0, upper_bound=65535)
 flags.DEFINE_string("host", "127.0.0.1", "--mode=serve: the address to listen on "
                     "(0.0.0.0 for every interface).")
+flags.DEFINE_string("compilation_cache", "", "Folder of JAX's persistent compilation cache "
+                    "(default: ~/.cache/flaxdigits/jax, or $FLAXDIGITS_CACHE/jax); 'off' turns "
+                    "it off.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -89,7 +92,9 @@ def main(argv):
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
     try:
         from flaxdigits import config as config_lib
+        from flaxdigits import runtime
 
+        runtime.enable_compilation_cache(FLAGS.compilation_cache)  # before any compilation
         config_lib.validate(FLAGS.config)  # every mode: a bad value fails here, in seconds
         if FLAGS.mode == "serve":
             from flaxdigits.serving import app as serving_app

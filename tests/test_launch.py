@@ -121,3 +121,21 @@ def test_unreadable_files_and_folders_are_one_line(tmp_path):
                                 timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1] == f"flaxdigits: error: {expected}"
+
+
+def test_the_compilation_cache_is_on_by_default_and_can_be_turned_off(tmp_path, launch,
+                                                                       last_line):
+    data_dir = testing.write_idx_folder(tmp_path / "data", 300, 100)
+    env = {"FLAXDIGITS_CACHE": str(tmp_path / "cache")}
+    first = last_line(launch("--config=configs/tiny.py", f"--workdir={tmp_path / 'a'}",
+                             f"--config.data.dir={data_dir}", env=env))
+    cached = sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir())
+    assert cached, "the default run filled the cache"
+    second = last_line(launch("--config=configs/tiny.py", f"--workdir={tmp_path / 'b'}",
+                              f"--config.data.dir={data_dir}", env=env))
+    assert second == first  # the same figures from the cached programs
+
+    env = {"FLAXDIGITS_CACHE": str(tmp_path / "other")}
+    last_line(launch("--config=configs/tiny.py", f"--workdir={tmp_path / 'c'}",
+                     f"--config.data.dir={data_dir}", "--compilation_cache=off", env=env))
+    assert not (tmp_path / "other" / "jax").exists()

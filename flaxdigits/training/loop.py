@@ -19,7 +19,7 @@ import numpy as np
 
 from flaxdigits import augment as augment_lib
 from flaxdigits import config as config_lib
-from flaxdigits import data, logs, models, parallel
+from flaxdigits import data, logs, models, parallel, runtime
 from flaxdigits.checkpoint import Checkpoints
 from flaxdigits.errors import FlaxDigitsError, RunStopped
 from flaxdigits.evaluation import inference, metrics, report as report_lib
@@ -121,6 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     step}), for tests and time-boxed sessions.
     """
     logs.show_progress()
+    runtime.enable_compilation_cache()  # unless the program decided already
     config_lib.validate(config)
     workdir = Workdir(workdir)
     with workdir.lock():  # one training run per workdir
