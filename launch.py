@@ -95,6 +95,7 @@ def main(argv):
         from flaxdigits import runtime
 
         runtime.enable_compilation_cache(FLAGS.compilation_cache)  # before any compilation
+        runtime.use_cpu_cores(*batch_sizes(FLAGS.config))  # before JAX starts
         config_lib.validate(FLAGS.config)  # every mode: a bad value fails here, in seconds
         if FLAGS.mode == "serve":
             from flaxdigits.serving import app as serving_app
@@ -119,6 +120,13 @@ def main(argv):
         logging.flush()
         where = f"{e.filename}: " if e.filename else ""
         sys.exit(f"flaxdigits: error: {where}{e.strerror or one_line(str(e))}")
+
+
+def batch_sizes(config) -> tuple[int, ...]:
+    """The batch sizes a CPU device count must divide (those that are integers: a bad value
+    is validate's to report)."""
+    sizes = (config.get("batch_size"), config.get("eval_batch_size"))
+    return tuple(s for s in sizes if isinstance(s, int) and not isinstance(s, bool) and s > 0)
 
 
 def run_mode(mode: str, config, workdir) -> str:

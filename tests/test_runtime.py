@@ -1,0 +1,40 @@
+"""flaxdigits/runtime.py: JAX's process settings (behaviour only: speed is benchmarks')."""
+
+import pytest
+
+from flaxdigits import runtime
+
+
+def test_one_device_per_core_as_far_as_the_batches_split_evenly():
+    assert runtime.cpu_device_count(2, (128, 1000)) == 2
+    assert runtime.cpu_device_count(8, (128, 1000)) == 8
+    assert runtime.cpu_device_count(3, (128, 1000)) == 2  # 3 divides neither
+    assert runtime.cpu_device_count(16, (32, 64)) == 16
+    assert runtime.cpu_device_count(4, (30, 64)) == 2
+    assert runtime.cpu_device_count(1, (128,)) == 1
+
+
+def test_the_environment_decides_where_it_says(monkeypatch):
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "1")
+    assert runtime.use_cpu_cores(128) == 0
+
+
+def test_too_late_changes_nothing():
+    import jax
+
+    jax.devices()  # JAX has started in this process
+    assert runtime.use_cpu_cores(128) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env,expected", [({}, None), ({"JAX_NUM_CPU_DEVICES": "1"}, 1)])
+def test_launch_uses_every_core_unless_told(tmp_path, launch, synthetic_dir, env, expected):
+    import os
+
+    result = launch("--config=configs/tiny.py", f"--workdir={tmp_path}",
+                    f"--config.data.dir={synthetic_dir}", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cores = len(os.sched_getaffinity(0))
+    count = expected or runtime.cpu_device_count(cores, (32, 64))
+    devices = [line for line in result.stderr.splitlines() if "JAX devices" in line][0]
+    assert devices.count("CpuDevice") == count
