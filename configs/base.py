@@ -2,9 +2,10 @@
 
     python launch.py --config=configs/base.py --workdir=runs/base
 
-Measured on the 2-core development CPU with --config.data.dir=../shared/data/mnist
-(2026-11-24): MNIST test accuracy 0.9923 after 10 epochs (seed 0), 4 min 39 s wall time for
-the whole process (271 s of training, about 2,000 training images/s).
+Measured on the 2-core development CPU (2026-11-27, a fresh clone, MNIST fetched into the
+cache on the way, one JAX device per core): MNIST test accuracy 0.9925 after 10 epochs (seed
+0, best checkpoint by validation), 3 min 46 s wall time for the whole process (216 s of
+training, about 2,500 training images/s).
 """
 
 import ml_collections
