@@ -62,4 +62,6 @@ def get_config() -> ml_collections.ConfigDict:
     # `warmup_fraction` of the run, then cosine-anneal)
     config.optim.schedule = "cosine"
     config.optim.warmup_fraction = 0.25  # used by 'one_cycle' only
+    config.optim.b1 = 0.9  # Adam's decay rate of the gradient's running mean
+    config.optim.b2 = 0.999  # Adam's decay rate of the squared gradient's running mean
     return config

@@ -114,6 +114,8 @@ FIELDS: dict[str, Rule] = {
     "optim.learning_rate": number(0, low_open=True),
     "optim.schedule": choice("constant", "cosine", "one_cycle"),
     "optim.warmup_fraction": number(0, 1, low_open=True, high_open=True),
+    "optim.b1": number(0, 1, high_open=True),
+    "optim.b2": number(0, 1, high_open=True),
 }
 SECTIONS = ("data", "model", "augment", "inference", "optim")
 
@@ -261,6 +263,11 @@ RESUMABLE_CHANGES = frozenset({
 })
 
 
+# Fields added after workdirs were trained without them, with the value those runs used: a
+# workdir from before resumes as long as the field keeps that value.
+ADDED_FIELDS = {"optim.b1": 0.9, "optim.b2": 0.999}
+
+
 def check_resumable(config, workdir: Workdir) -> None:
     """Raises if `config` trains something other than what `workdir` holds checkpoints of."""
     saved = workdir.read_config()
@@ -268,7 +275,7 @@ def check_resumable(config, workdir: Workdir) -> None:
         raise FlaxDigitsError(
             f"{workdir.config_file}: missing, so the checkpoints in {workdir} cannot be "
             f"matched to a config; use a new --workdir")
-    saved = flatten(saved)
+    saved = {**ADDED_FIELDS, **flatten(saved)}
     current = flatten(json.loads(config.to_json_best_effort()))
     differ = sorted(k for k in set(saved) | set(current)
                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)

@@ -64,6 +64,8 @@ BAD_VALUES = [
                                  "'cosine', 'one_cycle'"),
     ("optim.warmup_fraction", 0.0, "config.optim.warmup_fraction=0.0 must be a number in "
                                    "(0, 1)"),
+    ("optim.b1", 1.0, "config.optim.b1=1.0 must be a number in [0, 1)"),
+    ("optim.b2", -0.5, "config.optim.b2=-0.5 must be a number in [0, 1)"),
 ]
 
 # The config each model field's row is tried on: the one whose model takes the field.
@@ -161,6 +163,16 @@ def test_ensemble_members_must_be_trained_workdirs_of_known_models(tmp_path):
         config_lib.validate(config, device_count=1)
     (bare / "checkpoints" / "12").mkdir(parents=True)
     config_lib.validate(config, device_count=1)
+
+
+def test_a_workdir_from_before_a_field_was_added_resumes_with_its_old_value(tmp_path):
+    workdir = Workdir(tmp_path)
+    old = tiny_config()
+    del old.optim["b1"], old.optim["b2"]  # as config.json was written before they existed
+    workdir.write_config(old)
+    config_lib.check_resumable(tiny_config(), workdir)
+    with pytest.raises(FlaxDigitsError, match=r"optim.b1 \(saved 0.9, now 0.7\)"):
+        config_lib.check_resumable(tiny_config(**{"optim.b1": 0.7}), workdir)
 
 
 def test_resuming_refuses_other_training_settings_and_names_them(tmp_path):

@@ -16,4 +16,5 @@ def learning_rate_schedule(optim_config, total_steps: int) -> optax.Schedule:
 
 
 def create_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:
-    return optax.adam(learning_rate_schedule(optim_config, total_steps))
+    return optax.adam(learning_rate_schedule(optim_config, total_steps), b1=optim_config.b1,
+                      b2=optim_config.b2)
