@@ -77,8 +77,10 @@ class MetricWriter:
 
     def __init__(self, workdir: Workdir, resume_step: int = 0):
         self.workdir = workdir
-        kept = [r for r in workdir.read_metrics() if resume_step
-                and r.get("step", 0) <= resume_step and not r.get("final")]
+        kept = []
+        if resume_step:  # a fresh run starts a fresh file
+            kept = [r for r in workdir.read_metrics()
+                    if r.get("step", 0) <= resume_step and not r.get("final")]
         workdir.rewrite_metrics(kept)
 
     def write_scalars(self, step: int, scalars: dict) -> dict:
