@@ -6,9 +6,13 @@ Thin on purpose: the work is done by library functions that take a ConfigDict, s
 and notebooks call them directly.
 """
 
+import faulthandler
 import logging as std_logging
+import os
 import signal
+import subprocess
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -31,6 +35,16 @@ flags.DEFINE_string("host", "127.0.0.1", "--mode=serve: the address to listen on
 flags.DEFINE_string("compilation_cache", "", "Folder of JAX's persistent compilation cache "
                     "(default: ~/.cache/flaxdigits/jax, or $FLAXDIGITS_CACHE/jax); 'off' turns "
                     "it off.")
+flags.DEFINE_string("coordinator", None, "Several processes (hosts): HOST:PORT where process 0 "
+                    "listens; with --num_processes and --process_id.")
+flags.DEFINE_integer("num_processes", None, "Several processes: how many there are.",
+                     lower_bound=1)
+flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0 to "
+                     "--num_processes-1.", lower_bound=0)
+flags.DEFINE_bool("distributed", False, "Several processes, found by JAX: a TPU pod slice, "
+                  "Slurm, Open MPI or Kubernetes.")
+flags.DEFINE_integer("join_timeout", 120, "Several processes: seconds to wait for all of them "
+                     "to join before giving up.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -90,12 +104,21 @@ def main(argv):
     # JAX says at INFO which accelerator backends it could not start ('tpu' on every CPU):
     # the device line of the log says what it did find.
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+    several = FLAGS.distributed or any(
+        flag is not None for flag in (FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id))
+    if several and not os.environ.get(SUPERVISED):
+        sys.exit(supervise())
     try:
         from flaxdigits import config as config_lib
         from flaxdigits import runtime
 
         runtime.enable_compilation_cache(FLAGS.compilation_cache)  # before any compilation
-        runtime.use_cpu_cores(*batch_sizes(FLAGS.config))  # before JAX starts
+        if several:  # before JAX starts
+            runtime.join_processes(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
+                                   join_timeout_s=FLAGS.join_timeout)
+            tell_parent_joined()
+        runtime.use_cpu_cores(*batch_sizes(FLAGS.config),  # before JAX starts
+                              processes=FLAGS.num_processes or 1)
         config_lib.validate(FLAGS.config)  # every mode: a bad value fails here, in seconds
         if FLAGS.mode == "serve":
             from flaxdigits.serving import app as serving_app
@@ -103,23 +126,109 @@ def main(argv):
             return serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
         print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
     except RunStopped as e:
-        logging.flush()
-        print(f"flaxdigits: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        stop(f"flaxdigits: {e}", e.exit_code, several)
     except (KeyboardInterrupt, Terminated) as e:
         signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-        logging.flush()
-        print(f"flaxdigits: stopped by {signum.name}; what the workdir held is kept (files "
-              f"are replaced whole, checkpoints only when complete); run the same command to "
-              f"go on", file=sys.stderr)
-        sys.exit(128 + signum)
+        stop(f"flaxdigits: stopped by {signum.name}; what the workdir held is kept (files "
+             f"are replaced whole, checkpoints only when complete); run the same command to "
+             f"go on", 128 + signum, several)
     except FlaxDigitsError as e:
-        logging.flush()
-        sys.exit(f"flaxdigits: error: {e}")
+        stop(f"flaxdigits: error: {e}", 1, several)
     except OSError as e:  # a full disk, a read-only or unreadable file: name it, no traceback
-        logging.flush()
         where = f"{e.filename}: " if e.filename else ""
-        sys.exit(f"flaxdigits: error: {where}{e.strerror or one_line(str(e))}")
+        stop(f"flaxdigits: error: {where}{e.strerror or one_line(str(e))}", 1, several)
+    except Exception as e:  # noqa: BLE001
+        if not several:
+            raise  # a bug in flaxdigits: its traceback is for the developers
+        # One of several processes: almost always because another one died or cannot be
+        # reached (a collective or a checkpoint barrier failed). The traceback is logged at
+        # --verbosity=1; the line says what happened.
+        logging.debug("The error that stopped this process:", exc_info=True)
+        stop(f"flaxdigits: error: {type(e).__name__} in work shared with the other processes: "
+             f"another process of this run has probably stopped or cannot be reached "
+             f"({one_line(str(e))[:200]})", 1, several)
+
+
+# In the child that does a multi-process run's work: the file descriptor on which it tells
+# its parent that it has joined the run.
+SUPERVISED = "FLAXDIGITS_SUPERVISED"
+
+
+def supervise() -> int:
+    """One of several processes runs its work in a child process and waits for it.
+
+    JAX ends a process of a multi-process run with a crash dump (SIGABRT) when another
+    process dies or stops answering: this parent, which never starts JAX, then says so in
+    one line and exits 1. Signals are passed on to the child, which stops as one process
+    does; its exit code is returned."""
+    joined_r, joined_w = os.pipe()
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *sys.argv[1:]],
+                             env={**os.environ, SUPERVISED: str(joined_w)},
+                             pass_fds=(joined_w,), preexec_fn=end_with_parent)
+    os.close(joined_w)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: child.send_signal(number))
+    code = child.wait()
+    joined = os.read(joined_r, 1) == b"j"
+    if code >= 0:
+        return code
+    who = (f"process {FLAGS.process_id} of {FLAGS.num_processes}" if FLAGS.process_id is not None
+           else "this process")
+    if not joined:
+        where = f"the run at {FLAGS.coordinator}" if FLAGS.coordinator else "the cluster"
+        why = (f"could not join {where} within {FLAGS.join_timeout} s: is process 0 running, "
+               f"and reachable at that address? ({who} ended by {signal.Signals(-code).name})")
+    else:
+        why = (f"{who} ended by {signal.Signals(-code).name}" +
+               (": JAX ends a process so when another process of the run has died or stopped "
+                "answering (its log says which); rerun all of them to resume from the last "
+                "checkpoint" if -code == signal.SIGABRT else ""))
+    print(f"flaxdigits: error: {why}", file=sys.stderr)
+    return 1
+
+
+def tell_parent_joined():
+    """The supervised child has joined the run: from here its parent reads a crash as the
+    loss of another process, not as a failure to join. The child's own crash dumps (Python's
+    fault handler, tracebacks of orbax's threads cut off by the crash) would only bury that
+    line: they go to the debug log."""
+    fd = int(os.environ.get(SUPERVISED) or -1)
+    if fd >= 0:
+        os.write(fd, b"j")
+        os.close(fd)
+        faulthandler.disable()
+        threading.excepthook = lambda args: logging.debug(
+            "Thread %s ended by %r", args.thread, args.exc_value,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        # Errors in callbacks that native threads (tensorstore's) run for orbax.
+        sys.unraisablehook = lambda args: logging.debug(
+            "Unraisable %r in %r", args.exc_value, args.object)
+        sys.excepthook = lambda *exc_info: logging.debug("Uncaught", exc_info=exc_info)
+
+
+def end_with_parent():
+    """In the child, before it starts: SIGTERM (a stop with a checkpoint) when the parent
+    dies, however it dies, rather than running on alone (Linux; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop(message: str, exit_code: int, several: bool):
+    """Ends the process with `message` on stderr and `exit_code`. One of several processes
+    exits at once, without JAX's shutdown barrier, which would wait for the others (they
+    may be waiting for this one) and end in a crash dump: the others see the lost
+    connection and stop with their own line."""
+    logging.flush()
+    print(message, file=sys.stderr)
+    if several:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+    sys.exit(exit_code)
 
 
 def batch_sizes(config) -> tuple[int, ...]:

@@ -42,8 +42,9 @@ class Checkpoints:
     def __init__(self, workdir, keep: int = 1, read_only: bool = False):
         self.directory = Workdir(workdir).checkpoint_dir
         # Orbax reads every step's metrics when it starts and fails on a damaged file: such a
-        # file is moved aside (nothing is deleted), and its step counts as unvalidated.
-        for path in self._damaged_metrics_files():
+        # file is moved aside (nothing is deleted), and its step counts as unvalidated. (By
+        # the primary process only, of several: the others wait for it.)
+        for path in self._damaged_metrics_files() if _primary() else []:
             try:
                 path.rename(path.with_name(path.name + ".unreadable"))
             except OSError as e:
@@ -51,6 +52,7 @@ class Checkpoints:
                                       f"moved aside ({e.strerror}); move that file away") from None
             log.warning("%s: unreadable validation metrics, moved aside; that checkpoint "
                         "counts as unvalidated", path)
+        _sync_processes("flaxdigits: checkpoint metrics checked")
         policies = [preservation_policy.LatestN(keep),
                     preservation_policy.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
                                               keep_checkpoints_without_metrics=False)]
@@ -165,7 +167,7 @@ class Checkpoints:
         return None
 
     def _move_aside(self, steps: list[int]) -> None:
-        for step in steps:
+        for step in steps if _primary() else []:
             target = self.directory / f"{step}.unreadable"
             if target.exists():
                 target = self.directory / f"{step}.unreadable.{time.time_ns()}"
@@ -173,6 +175,7 @@ class Checkpoints:
             log.warning("Moved the unreadable checkpoint %s/%d to %s", self.directory, step,
                         target.name)
         if steps:
+            _sync_processes("flaxdigits: unreadable checkpoints moved aside")
             self.manager.reload()
 
     def restore_readable_variables(self, first: Optional[int]) -> tuple[dict, int]:
@@ -207,11 +210,32 @@ class Checkpoints:
             variables["batch_stats"] = restored.state["batch_stats"]
         return jax.device_get(variables)
 
-    def close(self) -> None:
+    def close(self, quietly: bool = False) -> None:
+        """Waits for the save in progress, then lets go of the folder. `quietly`: on the
+        way out of a failed run, whose own error is the one to report: a failure here is
+        only logged."""
         try:
-            self.wait()
-        finally:
-            self.manager.close()
+            try:
+                self.wait()
+            finally:
+                self.manager.close()
+        except Exception as e:  # noqa: BLE001
+            if not quietly:
+                raise
+            log.warning("Closing the checkpoints of %s after an error: %s", self.directory,
+                        one_line(e))
+
+
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _sync_processes(name: str) -> None:
+    """Waits for every process of a multi-process run to get here (nothing for one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def one_line(error: Exception) -> str:

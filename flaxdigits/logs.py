@@ -31,3 +31,21 @@ def show_progress(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
         LOGGER.addHandler(handler)
         LOGGER.propagate = False  # a root handler added later must not print lines twice
+
+
+def tag_process(index: int, count: int) -> None:
+    """In a multi-process run, every flaxdigits log line starts with `[process i/N]`, so
+    that logs gathered from several hosts say which one spoke. Nothing for one process."""
+    if count <= 1 or getattr(logging.getLogRecordFactory(), "flaxdigits_tag", None):
+        return
+    tag = f"[process {index}/{count}] "
+    make_record = logging.getLogRecordFactory()
+
+    def tagged_record(*args, **kwargs):
+        record = make_record(*args, **kwargs)
+        if record.name.startswith(LOGGER.name):
+            record.msg = tag + str(record.msg)
+        return record
+
+    tagged_record.flaxdigits_tag = tag
+    logging.setLogRecordFactory(tagged_record)

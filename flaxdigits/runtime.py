@@ -11,6 +11,10 @@ evaluation step, the report's predictions) in a folder and reuses it in the next
 with the same program, so a second run of a config skips most of its compilation. On by
 default, in $FLAXDIGITS_CACHE/jax or ~/.cache/flaxdigits/jax; `launch.py
 --compilation_cache=off` turns it off, `--compilation_cache=DIR` moves it.
+
+Several processes (hosts): `join_processes` makes this process one of a multi-process run
+(jax.distributed) before JAX starts; the devices of every process then form one mesh, and
+only the primary process (index 0) writes the workdir's files.
 """
 
 import logging
@@ -24,16 +28,17 @@ OFF = "off"
 _chosen: dict = {}  # the first choice made in this process: later calls keep it
 
 
-def use_cpu_cores(*batch_sizes: int) -> int:
+def use_cpu_cores(*batch_sizes: int, processes: int = 1) -> int:
     """Asks JAX for one CPU device per core this process may use, as many as divide every
-    batch size (a batch is split evenly across the devices); returns the count asked for,
-    or 0 where the environment decides or JAX has already started (then nothing changes)."""
+    batch size (a batch is split evenly across the devices of all `processes`); returns the
+    count asked for, or 0 where the environment decides or JAX has already started (then
+    nothing changes)."""
     import jax
 
     if os.environ.get("JAX_NUM_CPU_DEVICES") or "device_count" in os.environ.get("XLA_FLAGS", ""):
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    count = cpu_device_count(cores or 1, batch_sizes)
+    count = cpu_device_count(cores or 1, batch_sizes, processes)
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # JAX already runs: its devices are fixed for this process
@@ -41,9 +46,73 @@ def use_cpu_cores(*batch_sizes: int) -> int:
     return count
 
 
-def cpu_device_count(cores: int, batch_sizes) -> int:
-    """The most devices, at most one per core, that split every batch size evenly."""
-    return max(d for d in range(1, cores + 1) if all(size % d == 0 for size in batch_sizes))
+def cpu_device_count(cores: int, batch_sizes, processes: int = 1) -> int:
+    """The most devices per process, at most one per core, such that every batch size splits
+    evenly across the devices of all `processes` (1 where none does: validate says why)."""
+    fitting = [d for d in range(1, cores + 1)
+               if all(size % (d * processes) == 0 for size in batch_sizes)]
+    return max(fitting, default=1)
+
+
+# -- several processes
+
+# Seconds a process waits for all the others to join, and without a heartbeat from one of
+# them before the run is given up (JAX's defaults, 300 s and 100 s, leave a user staring at
+# a silent terminal for minutes).
+JOIN_TIMEOUT_S = 120
+HEARTBEAT_TIMEOUT_S = 30
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def join_processes(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                   process_id: Optional[int] = None, *, join_timeout_s: int = JOIN_TIMEOUT_S,
+                   heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
+    """Makes this process one of a multi-process JAX run (jax.distributed), before JAX
+    starts (JAX itself starts later, on first use: use_cpu_cores may still follow).
+
+    Explicit: `coordinator` ('HOST:PORT', where process 0 listens), `num_processes` and
+    `process_id`, all three. Automatic (all None): JAX finds them on a TPU pod slice, under
+    Slurm, Open MPI or Kubernetes. A coordinator on a loopback address listens on that
+    address only (tests, one machine); elsewhere on every interface, as JAX does.
+    Raises FlaxDigitsError, in one line, when the run cannot be joined in time.
+    """
+    import jax
+
+    from flaxdigits.errors import FlaxDigitsError
+
+    explicit = (coordinator, num_processes, process_id)
+    if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+        raise FlaxDigitsError("--coordinator, --num_processes and --process_id go together "
+                              "(or --distributed alone, where JAX detects the cluster)")
+    if coordinator is not None:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise FlaxDigitsError(f"--coordinator={coordinator}: expected HOST:PORT, e.g. "
+                                  f"10.0.0.1:1234")
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise FlaxDigitsError(f"--process_id={process_id} must be from 0 to "
+                                  f"--num_processes-1={num_processes - 1}")
+    bind = coordinator if coordinator and host in LOOPBACK_HOSTS else None
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=num_processes,
+            process_id=process_id, coordinator_bind_address=bind,
+            initialization_timeout=join_timeout_s,
+            heartbeat_timeout_seconds=heartbeat_timeout_s)
+    except Exception as e:  # noqa: BLE001 (jax raises RuntimeError, ValueError, XlaRuntimeError)
+        where = (f"the run at {coordinator} as process {process_id} of {num_processes}"
+                 if coordinator else "the cluster JAX detected")
+        text = " ".join(str(e).split())
+        raise FlaxDigitsError(f"could not join {where} within {join_timeout_s} s: "
+                              f"{text[:300]}") from None
+
+
+def is_primary() -> bool:
+    """Whether this process writes the workdir's files: the only one, or index 0 of a
+    multi-process run. (Asks JAX, which starts it: call it where JAX is needed anyway.)"""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def default_cache_dir() -> pathlib.Path:

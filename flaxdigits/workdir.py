@@ -24,10 +24,15 @@ log = logging.getLogger(__name__)
 
 
 class Workdir:
-    """A workdir folder; its files are properties, so every path is spelled here once."""
+    """A workdir folder; its files are properties, so every path is spelled here once.
 
-    def __init__(self, path):
+    `writes=False` (the processes other than the primary one of a multi-process run): the
+    same reads, and every write is skipped, so one process writes each file."""
+
+    def __init__(self, path, writes: Optional[bool] = None):
         self.path = pathlib.Path(path).expanduser()
+        # A Workdir made from a Workdir keeps its choice.
+        self.writes = writes if writes is not None else getattr(path, "writes", True)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -58,6 +63,8 @@ class Workdir:
         return config
 
     def write_config(self, config) -> None:
+        if not self.writes:
+            return
         self.create()
         write_atomically(self.config_file, config.to_json_best_effort(indent=2) + "\n")
 
@@ -68,8 +75,12 @@ class Workdir:
         An advisory `flock` on W/.lock, which holds the holder's pid: the kernel releases it
         when the holder exits in any way, so a killed run never leaves a stale lock. A second
         training on a busy workdir fails at once, naming the holder. Readers (evaluate,
-        predict, serve) take no lock: they read finished checkpoints only.
+        predict, serve) take no lock: they read finished checkpoints only. The processes of a
+        multi-process run that do not write take none either: the primary holds it for all.
         """
+        if not self.writes:
+            yield self
+            return
         self.create()
         path = self.path / ".lock"
         try:
@@ -126,7 +137,8 @@ class Workdir:
                 f"{source} holds {fingerprint['examples']} (sha256 "
                 f"{fingerprint['sha256'][:12]}...); resume on the same data or use a new "
                 f"--workdir")
-        write_atomically(self.data_file, json.dumps(fingerprint, indent=2) + "\n")
+        if self.writes:
+            write_atomically(self.data_file, json.dumps(fingerprint, indent=2) + "\n")
 
     # -- metrics.jsonl
 
@@ -151,23 +163,28 @@ class Workdir:
         return records
 
     def rewrite_metrics(self, records: list[dict]) -> None:
-        write_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
+        if self.writes:
+            write_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
 
     def append_metrics(self, record: dict) -> None:
         """Appended and flushed at once, so a crash loses nothing already written."""
+        if not self.writes:
+            return
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
     # -- outputs
 
     def write_report(self, report: dict) -> None:
-        write_atomically(self.report_file, json.dumps(report, indent=2) + "\n")
+        if self.writes:
+            write_atomically(self.report_file, json.dumps(report, indent=2) + "\n")
 
     def write_submission(self, labels) -> pathlib.Path:
         """Kaggle's format: a header `ImageId,Label`, then one row per test image, ImageId
         counting from 1 in the order of test.csv."""
         lines = ["ImageId,Label"] + [f"{i},{int(label)}" for i, label in enumerate(labels, 1)]
-        write_atomically(self.submission_file, "\n".join(lines) + "\n")
+        if self.writes:
+            write_atomically(self.submission_file, "\n".join(lines) + "\n")
         return self.submission_file
 
 

@@ -1,5 +1,7 @@
 """flaxdigits/training/hooks.py: bookkeeping, tested with explicit values and timestamps."""
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,12 @@ def test_metric_writer_keeps_records_up_to_the_resumed_step(tmp_path):
                                       {"step": 4, "train_loss": 4.0}]
     hooks.MetricWriter(workdir, resume_step=0)  # a fresh run starts a fresh file
     assert workdir.read_metrics() == []
+
+
+def test_one_process_stops_at_once_and_names_the_signal():
+    stop = hooks.StopSignals()
+    assert stop.processes == 1 and stop.agreed(3, 10) is None
+    stop._handle(signal.SIGTERM, None)
+    assert stop.agreed(3, 10) == signal.SIGTERM  # not only every SYNC_EVERY_STEPS steps
+    assert stop.describe(signal.SIGTERM) == "SIGTERM"
+    assert stop.describe(signal.SIGINT) == "SIGINT (sent to another process)"

@@ -3,6 +3,7 @@
 import pytest
 
 from flaxdigits import runtime
+from flaxdigits.errors import FlaxDigitsError
 
 
 def test_one_device_per_core_as_far_as_the_batches_split_evenly():
@@ -38,3 +39,22 @@ def test_launch_uses_every_core_unless_told(tmp_path, launch, synthetic_dir, env
     count = expected or runtime.cpu_device_count(cores, (32, 64))
     devices = [line for line in result.stderr.splitlines() if "JAX devices" in line][0]
     assert devices.count("CpuDevice") == count
+
+
+def test_devices_per_process_split_the_batches_across_every_process():
+    # 2 processes of 2 cores: 2 devices each when 4 divides the batches, else 1.
+    assert runtime.cpu_device_count(2, (128, 1000), processes=2) == 2
+    assert runtime.cpu_device_count(2, (6, 10), processes=2) == 1
+    assert runtime.cpu_device_count(4, (96,), processes=3) == 4
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("127.0.0.1:1234", None, None), "go together"),
+    ((None, 2, 0), "go together"),
+    (("nohost", 2, 0), "expected HOST:PORT"),
+    (("127.0.0.1:99999", 2, 0), "expected HOST:PORT"),
+    (("127.0.0.1:1234", 2, 2), "must be from 0 to"),
+])
+def test_bad_multi_process_settings_are_refused_before_jax_is_asked(args, expected):
+    with pytest.raises(FlaxDigitsError, match=expected):
+        runtime.join_processes(*args)

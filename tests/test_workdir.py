@@ -82,3 +82,24 @@ def test_resuming_on_other_data_is_refused(tmp_path):
                                               r"holds 3000"):
         workdir.check_same_data({"examples": 3000, "sha256": "b" * 64}, "small", resuming=True)
     workdir.check_same_data({"examples": 3000, "sha256": "b" * 64}, "small", resuming=False)
+
+
+def test_a_workdir_that_does_not_write_reads_and_writes_nothing(tmp_path):
+    """The processes of a multi-process run other than the primary one."""
+    writer = Workdir(tmp_path / "w")
+    writer.write_config(tiny_config())
+    writer.append_metrics({"step": 1})
+    reader = Workdir(Workdir(tmp_path / "w", writes=False))  # the choice is kept
+    assert not reader.writes and reader.read_metrics() == [{"step": 1}]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "w").iterdir()}
+    with reader.lock():  # no lock taken: the primary holds it for all
+        with writer.lock():
+            pass
+    (tmp_path / "w" / ".lock").unlink()
+    reader.write_config(tiny_config(seed=5))
+    reader.rewrite_metrics([])
+    reader.append_metrics({"step": 2})
+    reader.write_report({"accuracy": 1.0})
+    reader.write_submission([1, 2])
+    reader.check_same_data({"sha256": "x", "examples": 1}, "here", resuming=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "w").iterdir()} == before

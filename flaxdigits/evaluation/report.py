@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from flaxdigits import NUM_CLASSES, config as config_lib, data, logs
+from flaxdigits import NUM_CLASSES, config as config_lib, data, logs, runtime
 from flaxdigits.data import kaggle
 from flaxdigits.errors import FlaxDigitsError
 from flaxdigits.evaluation import inference, metrics, plots
@@ -66,6 +66,8 @@ def write_report(workdir, trained: inference.Trained, dataset: data.Dataset, con
     if note:
         report["note"] = note
 
+    if not workdir.writes:  # another process of a multi-process run writes them
+        return report
     workdir.plots_dir.mkdir(parents=True, exist_ok=True)
     written = [
         plots.plot_training_curves(workdir.read_metrics(),
@@ -94,7 +96,8 @@ def evaluate_workdir(config, workdir) -> dict:
     dataset = data.load_dataset(config.data)
     if dataset.test is None:
         check_same_validation_split(config, trained.config)
-    return write_report(workdir, trained, dataset, config)
+    return write_report(Workdir(workdir, writes=runtime.is_primary()), trained, dataset,
+                        config)
 
 
 def predict_workdir(config, workdir) -> pathlib.Path:
@@ -110,7 +113,7 @@ def predict_workdir(config, workdir) -> pathlib.Path:
     trained = inference.load(workdir, which="best")
     predicted = inference.predict_as_configured(
         trained, data.to_model_inputs(images), config).argmax(-1)
-    path = Workdir(workdir).write_submission(predicted)
+    path = Workdir(workdir, writes=runtime.is_primary()).write_submission(predicted)
     log.info("Wrote %s: %d predictions for %s (step %d); predicted digit counts %s",
              path, len(images), folder / kaggle.TEST_FILE, trained.step,
              np.bincount(predicted, minlength=NUM_CLASSES).tolist())

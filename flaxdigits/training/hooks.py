@@ -116,19 +116,42 @@ class Progress:
 
 
 class StopSignals:
-    """Within `with`, SIGTERM and SIGINT ask the loop to stop after the current step."""
+    """Within `with`, SIGTERM and SIGINT ask the loop to stop after the current step.
+
+    Several processes stop together: each one's signal is shared with the others every
+    SYNC_EVERY_STEPS steps (and at the last step), so they all stop after the same step,
+    whichever of them got it, and save one checkpoint. One process stops at once.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SYNC_EVERY_STEPS = 10  # a bounded wait (each sync holds every process up briefly)
 
     def __init__(self):
         self.received: Optional[int] = None
         self.previous = {}
+        self.processes = jax.process_count()
 
     def _handle(self, signum, frame):
         if self.received is None:
             log.warning("%s received: stopping after this step, with a checkpoint",
                         signal.Signals(signum).name)
         self.received = signum
+
+    def agreed(self, step: int, last_step: int) -> Optional[int]:
+        """The signal on which every process stops after `step`, or None to go on."""
+        if self.processes == 1:
+            return self.received
+        if step % self.SYNC_EVERY_STEPS and step != last_step:
+            return None
+        from jax.experimental import multihost_utils
+
+        received = multihost_utils.process_allgather(np.int32(self.received or 0))
+        return int(np.max(received)) or None
+
+    def describe(self, signum: int) -> str:
+        """'SIGTERM', or where another process got it, 'SIGTERM (sent to another process)'."""
+        name = signal.Signals(signum).name
+        return name if self.received == signum else f"{name} (sent to another process)"
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signals need the main one

@@ -123,13 +123,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     logs.show_progress()
     runtime.enable_compilation_cache()  # unless the program decided already
     config_lib.validate(config)
-    workdir = Workdir(workdir)
+    workdir = Workdir(workdir, writes=runtime.is_primary())
+    logs.tag_process(jax.process_index(), jax.process_count())
     with workdir.lock():  # one training run per workdir
         checkpoints = Checkpoints(workdir, config.keep_checkpoints)
         try:
-            return _train_and_evaluate(config, workdir, checkpoints, stop_at_step)
-        finally:
-            checkpoints.close()  # waits for a save still being written
+            result = _train_and_evaluate(config, workdir, checkpoints, stop_at_step)
+        except BaseException:
+            checkpoints.close(quietly=True)  # the first error is the one to report
+            raise
+        checkpoints.close()  # waits for a save still being written
+        return result
 
 
 def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
@@ -180,7 +184,8 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
             done = step + 1
             log_now = hooks.is_time(done, config.log_every_steps)
             end_of_epoch = done % trainer.steps_per_epoch == 0
-            stopping = stop.received is not None or done == stop_at_step
+            stop_signal = stop.agreed(done, total_steps)
+            stopping = stop_signal is not None or done == stop_at_step
             save_now = hooks.is_time(done, checkpoint_every) or end_of_epoch or stopping
             if not (log_now or end_of_epoch or save_now):
                 continue
@@ -212,14 +217,16 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
                                  None if val is None else val["accuracy"])
             if stopping:
                 checkpoints.wait()
-                if stop.received is not None:
+                if stop_signal is not None:
                     raise RunStopped(
-                        f"stopped by {signal.Signals(stop.received).name} at step "
+                        f"stopped by {stop.describe(stop_signal)} at step "
                         f"{done}/{total_steps}; checkpoint saved in {checkpoints.directory}; "
-                        f"run the same command to resume", stop.received)
+                        f"run the same command to resume", stop_signal)
                 log.info("Stopped at step %d as asked; checkpoint saved", done)
                 return {"stopped_at_step": done}
-    if stop.received is not None:  # a signal just after the last step's check: still honoured
+    # A signal just after the last step's check: still honoured (several processes agreed at
+    # the last step; a later signal ends the one process that gets it, after the report).
+    if stop.received is not None and stop.processes == 1:
         checkpoints.wait()
         raise RunStopped(f"stopped by {signal.Signals(stop.received).name} after the last "
                          f"step; checkpoint saved in {checkpoints.directory}; run the same "
