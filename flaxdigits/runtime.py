@@ -100,11 +100,15 @@ def join_processes(coordinator: Optional[str] = None, num_processes: Optional[in
             initialization_timeout=join_timeout_s,
             heartbeat_timeout_seconds=heartbeat_timeout_s)
     except Exception as e:  # noqa: BLE001 (jax raises RuntimeError, ValueError, XlaRuntimeError)
-        where = (f"the run at {coordinator} as process {process_id} of {num_processes}"
-                 if coordinator else "the cluster JAX detected")
-        text = " ".join(str(e).split())
-        raise FlaxDigitsError(f"could not join {where} within {join_timeout_s} s: "
-                              f"{text[:300]}") from None
+        text = " ".join(str(e).split())[:300]
+        if coordinator is None:
+            raise FlaxDigitsError(
+                f"--distributed: JAX found no cluster to join (a TPU pod slice, Slurm, Open MPI "
+                f"or Kubernetes): {text}; name the run with --coordinator, --num_processes "
+                f"and --process_id") from None
+        raise FlaxDigitsError(f"could not join the run at {coordinator} as process "
+                              f"{process_id} of {num_processes} within {join_timeout_s} s: "
+                              f"{text}") from None
 
 
 def is_primary() -> bool:
