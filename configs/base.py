@@ -22,6 +22,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 100
     config.checkpoint_every_steps = 0  # save this often (and at each epoch end); 0 = per epoch
     config.keep_checkpoints = 3  # most recent checkpoints kept, plus the best by validation
+    # Training steps traced with jax.profiler into W/profile/ (open in Perfetto or
+    # TensorBoard's profile tab), starting after the first PROFILE_AFTER_STEPS steps of the
+    # process, so that compilation is not traced; 0 = no trace.
+    config.profile_steps = 0
     # Computation dtype: 'float32', or 'bfloat16' (parameters and optimizer stay float32;
     # the loss is computed in float32). bfloat16 is what TPUs and recent GPUs are built for.
     config.dtype = "float32"

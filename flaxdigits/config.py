@@ -98,6 +98,7 @@ FIELDS: dict[str, Rule] = {
     "eval_batch_size": integer(1),
     "log_every_steps": integer(0),
     "checkpoint_every_steps": integer(0),
+    "profile_steps": integer(0),
     "keep_checkpoints": integer(1),
     "dtype": choice("float32", "bfloat16"),
     "data.source": choice("files", "tfds"),
@@ -258,6 +259,7 @@ def load(name_or_path: str) -> ml_collections.ConfigDict:
 # trained. Any other difference makes resuming an error rather than a silent mixture.
 RESUMABLE_CHANGES = frozenset({
     "log_every_steps", "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
+    "profile_steps",
     "data.dir", "data.cache_dir", "data.tfds_data_dir",
     "inference.tta_views", "inference.ensemble_workdirs",
 })

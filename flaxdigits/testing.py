@@ -205,3 +205,22 @@ def wait_until_up(url: str, process: Optional[subprocess.Popen] = None,
         except OSError:
             time.sleep(0.25)
     raise TimeoutError(f"{url} did not answer within {seconds} s")
+
+
+def read_tensorboard_scalars(folder: pathlib.Path) -> dict:
+    """{tag: [(step, value), ...]} from the TensorBoard event files in `folder`, in the
+    order written (TFRecord framing: length, its CRC, an Event proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict = {}
+    for path in sorted(pathlib.Path(folder).glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

@@ -4,9 +4,11 @@
     W/data.json         counts and a hash of the training data (resuming needs the same data)
     W/.lock             held by the training run using the workdir (its pid inside)
     W/metrics.jsonl     one JSON record per log step, epoch end and the end of the run
+    W/tensorboard/      the same numbers as TensorBoard event files
     W/checkpoints/      orbax checkpoints (flaxdigits/checkpoint.py)
     W/report.json       the evaluation report of the best checkpoint
     W/plots/*.png       training curves, confusion matrix, misclassified digits
+    W/profile/          a jax.profiler trace, where config.profile_steps asks for one
     W/submission.csv    Kaggle predictions (--mode=predict)
 """
 
@@ -43,9 +45,11 @@ class Workdir:
     config_file = property(lambda self: self.path / "config.json")
     data_file = property(lambda self: self.path / "data.json")
     metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")
     checkpoint_dir = property(lambda self: self.path.absolute() / "checkpoints")
     report_file = property(lambda self: self.path / "report.json")
     plots_dir = property(lambda self: self.path / "plots")
+    profile_dir = property(lambda self: self.path / "profile")
     submission_file = property(lambda self: self.path / "submission.csv")
 
     # -- config.json

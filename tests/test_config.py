@@ -25,6 +25,7 @@ BAD_VALUES = [
     ("eval_batch_size", -5, "config.eval_batch_size=-5 must be an integer >= 1"),
     ("log_every_steps", -1, "config.log_every_steps=-1 must be an integer >= 0"),
     ("checkpoint_every_steps", -10, "config.checkpoint_every_steps=-10 must be an integer >= 0"),
+    ("profile_steps", 2.5, "config.profile_steps=2.5 must be an integer >= 0"),
     ("keep_checkpoints", 0, "config.keep_checkpoints=0 must be an integer >= 1"),
     ("dtype", "float16", "config.dtype='float16' must be one of 'float32', 'bfloat16'"),
     ("data.source", "hub", "config.data.source='hub' must be one of 'files', 'tfds'"),

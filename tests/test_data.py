@@ -330,6 +330,7 @@ def test_fetch_skips_corrupt_and_missing_mirrors_then_reads_cache(
     folder = fetch.fetch_mnist(str(tmp_path / "cache"), mirrors=mirrors)
     assert folder == tmp_path / "cache" / "mnist" and fetch.cache_is_complete(folder)
     assert "fetched from canonical mirrors" in caplog.text
+    assert "MNIST: fetching file 1 of 4, http://127.0.0.1:" in caplog.text  # progress
     # Second time: no network at all, and the cache answers.
     caplog.clear()
     assert fetch.fetch_mnist(str(tmp_path / "cache"), mirrors=()) == folder
@@ -338,6 +339,14 @@ def test_fetch_skips_corrupt_and_missing_mirrors_then_reads_cache(
     (folder / "t10k-labels-idx1-ubyte").write_bytes(b"damaged")
     fetch.fetch_mnist(str(tmp_path / "cache"), mirrors=(mirror_server + "good/",))
     assert fetch.cache_is_complete(folder)
+
+
+def test_a_download_reports_its_progress(mirror_server, caplog):
+    caplog.set_level("INFO")
+    url = mirror_server + "good/train-images-idx3-ubyte.gz"
+    body = fetch.download(url, every_seconds=0.0)
+    assert len(body) > 9_000_000
+    assert f"MB of {url}" in caplog.text and f" / {len(body) / 1e6:.1f} MB" in caplog.text
 
 
 def test_cache_folder_from_environment(tmp_path, mirror_server, monkeypatch):

@@ -19,8 +19,18 @@ def test_is_time_and_progress_with_explicit_timestamps():
     rate, eta = progress.report(300, now=115.0)
     assert rate == pytest.approx(20.0) and eta == pytest.approx(35.0)
     progress.restart(300, now=200.0)  # validation took 85 s: not part of the next rate
-    rate, _ = progress.report(400, now=210.0)
+    rate, eta = progress.report(400, now=210.0)
     assert rate == pytest.approx(10.0)
+    # The ETA uses the whole run's average (400 steps in 110 s), validation included.
+    assert eta == pytest.approx(600 / (400 / 110))
+    assert not progress.due(now=239.0) and progress.due(now=240.0)  # every 30 s
+
+
+def test_the_eta_does_not_count_compilation():
+    progress = hooks.Progress(total_steps=101, first_step=0, now=0.0)
+    progress.start_clock(1, now=50.0)  # the first step took 50 s: compilation
+    _, eta = progress.report(51, now=55.0)  # then 10 steps/s
+    assert eta == pytest.approx(5.0)
     assert hooks.format_seconds(3725) == "1:02:05"
 
 

@@ -1,6 +1,7 @@
 """flaxdigits/training/loop.py: whole training runs, in the library as a script calls it."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -108,7 +109,33 @@ def test_a_script_calling_the_library_sees_progress(tmp_path, synthetic_dir):
     assert result.returncode == 0, result.stderr[-2000:]
     progress = [l for l in result.stderr.splitlines() if "steps/s, ETA" in l]
     assert progress and "step 3/11: loss" in progress[0], result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    compiling = next(i for i, l in enumerate(lines) if "Compiling the training step" in l)
+    first_step = next(i for i, l in enumerate(lines) if "First step done in" in l)
+    assert compiling < first_step < lines.index(progress[0])
+    assert re.search(r"First step done in \d+\.\d s, compilation included", lines[first_step])
     assert "Report (" in result.stderr and "weighted avg" in result.stderr
+
+
+@pytest.mark.slow
+def test_tensorboard_events_hold_what_metrics_jsonl_holds(tmp_path, synthetic_dir):
+    """Every number of every record, under its name at its step, also after a resume."""
+    config = tiny_config(**{"data.dir": str(synthetic_dir), "num_epochs": 2,
+                            "log_every_steps": 4})
+    workdir = Workdir(tmp_path / "work")
+    loop.train_and_evaluate(config, workdir, stop_at_step=13)
+    loop.train_and_evaluate(config, workdir)  # resumed from step 13
+    expected = {}
+    for record in workdir.read_metrics():
+        for name, value in record.items():
+            if name != "step" and not isinstance(value, bool):
+                expected.setdefault(name, []).append((record["step"], pytest.approx(value)))
+    found = testing.read_tensorboard_scalars(workdir.tensorboard_dir)
+    assert found == expected
+    assert {"train_loss", "learning_rate", "steps_per_second", "val_accuracy",
+            "test_accuracy"} <= set(found)
+    # log points every 4 steps, epoch ends at 11 and 22
+    assert [step for step, _ in found["train_loss"]] == [4, 8, 11, 12, 16, 20, 22]
 
 
 def test_an_evaluation_batch_larger_than_the_split_shrinks_to_it():
@@ -118,3 +145,16 @@ def test_an_evaluation_batch_larger_than_the_split_shrinks_to_it():
     batches = trainer.eval_batches(data.Split(split.images[:10], split.labels[:10]), 200_000)
     devices = trainer.mesh.devices.size
     assert [b["image"].shape[0] for b in batches] == [-(-10 // devices) * devices]
+
+
+@pytest.mark.slow
+def test_a_profile_of_the_asked_steps_is_written_for_perfetto(tmp_path, synthetic_dir):
+    config = tiny_config(**{"data.dir": str(synthetic_dir), "profile_steps": 3})
+    workdir = Workdir(tmp_path / "work")
+    loop.train_and_evaluate(config, workdir)
+    (trace,) = workdir.profile_dir.glob("plugins/profile/*/perfetto_trace.json.gz")
+    assert trace.stat().st_size > 0
+    assert list(trace.parent.glob("*.xplane.pb"))  # TensorBoard's profile tab reads these
+    # No trace unless asked.
+    loop.train_and_evaluate(tiny_config(**{"data.dir": str(synthetic_dir)}), tmp_path / "w2")
+    assert not (tmp_path / "w2" / "profile").exists()

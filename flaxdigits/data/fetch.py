@@ -12,6 +12,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import zipfile
 from typing import Optional
@@ -77,17 +78,29 @@ def cache_is_complete(folder: pathlib.Path) -> bool:
     return True
 
 
-def download(url: str, timeout: float = 30.0) -> bytes:
+def download(url: str, timeout: float = 30.0, every_seconds: float = 2.0) -> bytes:
+    """The body at `url`, with a progress line every `every_seconds` (MB so far, of the
+    total where the server says it)."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read()
+        total = int(response.headers.get("Content-Length") or 0)
+        chunks, received, last = [], 0, time.monotonic()
+        while chunk := response.read(1 << 16):
+            chunks.append(chunk)
+            received += len(chunk)
+            if time.monotonic() - last >= every_seconds:
+                last = time.monotonic()
+                log.info("MNIST: %.1f%s MB of %s", received / 1e6,
+                         f" / {total / 1e6:.1f}" if total else "", url)
+        return b"".join(chunks)
 
 
 def fetch_from_mirrors(folder: pathlib.Path, mirrors=MIRRORS) -> str:
     """Downloads each canonical file from the first mirror that serves it intact."""
-    for name, (gz_sha, content_sha) in CANONICAL.items():
+    for number, (name, (gz_sha, content_sha)) in enumerate(CANONICAL.items(), start=1):
         errors = []
         for mirror in mirrors:
             url = mirror + name + ".gz"
+            log.info("MNIST: fetching file %d of %d, %s", number, len(CANONICAL), url)
             try:
                 data = download(url)
             except OSError as e:  # URLError, HTTPError, timeouts and resets are all OSErrors

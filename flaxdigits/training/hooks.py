@@ -69,24 +69,65 @@ class TrainMetrics:
 
 
 class MetricWriter:
-    """Records in the workdir's metrics.jsonl, one JSON object per line.
+    """Records in the workdir's metrics.jsonl, one JSON object per line, and the same
+    numbers as TensorBoard scalars in W/tensorboard/ (`tensorboard --logdir runs`), each
+    under its metrics.jsonl name at its step.
 
     A resumed run first drops the records after its checkpoint (and any final record), so
-    the file ends up as an uninterrupted run would have written it.
+    the file ends up as an uninterrupted run would have written it. The event files are
+    derived from metrics.jsonl: they are written afresh from the records kept, so the two
+    always agree. Each record is flushed to both at once (a notebook's TensorBoard shows
+    it, a crash loses nothing already logged).
     """
 
-    def __init__(self, workdir: Workdir, resume_step: int = 0):
+    def __init__(self, workdir: Workdir, resume_step: Optional[int] = 0):
         self.workdir = workdir
-        kept = []
+        self.events = None
+        if resume_step is not None:
+            self.start(resume_step)
+
+    def start(self, resume_step: int) -> None:
+        """Keeps the records up to `resume_step` (0: none), in both forms."""
+        workdir, kept = self.workdir, []
         if resume_step:  # a fresh run starts a fresh file
             kept = [r for r in workdir.read_metrics()
                     if r.get("step", 0) <= resume_step and not r.get("final")]
         workdir.rewrite_metrics(kept)
+        if workdir.writes:
+            self.events = _fresh_event_writer(workdir.tensorboard_dir)
+            for record in kept:
+                self._add_events(record)
+            self.events.flush()
 
     def write_scalars(self, step: int, scalars: dict) -> dict:
         record = {"step": step, **scalars}
         self.workdir.append_metrics(record)
+        if self.events is not None:
+            self._add_events(record)
+            self.events.flush()
         return record
+
+    def _add_events(self, record: dict) -> None:
+        for name, value in record.items():
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value,
+                                                                                   bool):
+                self.events.add_scalar(name, value, global_step=record["step"])
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+
+
+def _fresh_event_writer(folder):
+    """A TensorBoard event writer in `folder`, its old event files removed (they are
+    rebuilt from metrics.jsonl). tensorboardX writes them without TensorFlow."""
+    import tensorboardX
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("events.out.tfevents.*"):
+        old.unlink()
+    return tensorboardX.SummaryWriter(logdir=str(folder), flush_secs=5)
 
 
 def format_seconds(seconds: float) -> str:
@@ -95,24 +136,78 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """Steps per second since the last report, and the time left at that rate."""
+    """What the log says of speed: steps per second over the last window, and the time
+    left at the average rate of the whole run so far (from `start_clock`, after the first
+    step, so that compilation does not count; validation and checkpoints do, as they will
+    recur). A line is also due every `every_seconds`, so that a slow run still reports."""
 
-    def __init__(self, total_steps: int, first_step: int = 0, now: Optional[float] = None):
+    def __init__(self, total_steps: int, first_step: int = 0, every_seconds: float = 30.0,
+                 now: Optional[float] = None):
         self.total_steps = total_steps
-        self.restart(first_step, now)
+        self.every_seconds = every_seconds
+        self.start_clock(first_step, now)
+
+    def start_clock(self, step: int, now: Optional[float] = None) -> None:
+        """Measures the run's average rate from `step` on."""
+        self.run_step = step
+        self.run_time = time.monotonic() if now is None else now
+        self.restart(step, self.run_time)
 
     def restart(self, step: int, now: Optional[float] = None) -> None:
         """Measures the next window from `step` (after time spent on something else, such as
-        validation, that the rate should not include)."""
+        validation, that the window's rate should not include)."""
         self.last_step = step
         self.last_time = time.monotonic() if now is None else now
 
+    def due(self, now: Optional[float] = None) -> bool:
+        """Whether `every_seconds` have passed since the last line."""
+        now = time.monotonic() if now is None else now
+        return now - self.last_time >= self.every_seconds
+
     def report(self, step: int, now: Optional[float] = None) -> tuple[float, float]:
-        """(steps/s since the last report, ETA in seconds); `now` for tests."""
+        """(steps/s since the last report, ETA in seconds at the run's average rate); `now`
+        for tests."""
         now = time.monotonic() if now is None else now
         rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        run_rate = (step - self.run_step) / max(now - self.run_time, 1e-9)
         self.last_step, self.last_time = step, now
-        return rate, (self.total_steps - step) / max(rate, 1e-9)
+        return rate, (self.total_steps - step) / max(run_rate, 1e-9)
+
+
+class Profiler:
+    """An opt-in jax.profiler trace of `num_steps` training steps into `folder` (a Perfetto
+    trace, perfetto_trace.json.gz, and the .xplane.pb that TensorBoard's profile tab reads),
+    starting AFTER_STEPS steps into the process so that compilation stays out of it."""
+
+    AFTER_STEPS = 5
+
+    def __init__(self, folder, first_step: int, num_steps: int, last_step: int):
+        self.folder = folder
+        self.start_at = min(first_step + self.AFTER_STEPS, last_step - 1)
+        self.stop_at = min(self.start_at + num_steps, last_step)
+        self.enabled = num_steps > 0 and self.start_at >= first_step
+        self.tracing = False
+
+    def before_step(self, step: int) -> None:
+        if self.enabled and step == self.start_at:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.folder), create_perfetto_trace=True)
+            self.tracing = True
+            log.info("Profiling steps %d to %d into %s", step + 1, self.stop_at, self.folder)
+
+    def after_step(self, step: int, state) -> None:
+        if self.tracing and step + 1 == self.stop_at:
+            self.stop(state)
+
+    def stop(self, state=None) -> None:
+        """Ends the trace (also when the run stops early); waits for the traced steps."""
+        if self.tracing:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.tracing = False
+            traces = sorted(self.folder.glob("**/perfetto_trace.json.gz"))
+            log.info("Profile written: %s (open it at https://ui.perfetto.dev)",
+                     traces[-1] if traces else self.folder)
 
 
 class StopSignals:

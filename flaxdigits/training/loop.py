@@ -127,17 +127,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
     logs.tag_process(jax.process_index(), jax.process_count())
     with workdir.lock():  # one training run per workdir
         checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+        writer = hooks.MetricWriter(workdir, resume_step=None)  # started once resumed
         try:
-            result = _train_and_evaluate(config, workdir, checkpoints, stop_at_step)
+            result = _train_and_evaluate(config, workdir, checkpoints, writer, stop_at_step)
         except BaseException:
             checkpoints.close(quietly=True)  # the first error is the one to report
             raise
+        finally:
+            writer.close()
         checkpoints.close()  # waits for a save still being written
         return result
 
 
 def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
-                        stop_at_step: Optional[int]) -> dict:
+                        writer: hooks.MetricWriter, stop_at_step: Optional[int]) -> dict:
     resuming = bool(checkpoints.steps())
     if resuming:
         config_lib.check_resumable(config, workdir)
@@ -172,14 +175,26 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
         log.info("This run already finished at step %d: re-reporting, not retraining",
                  start_step)
 
-    writer = hooks.MetricWriter(workdir, resume_step=start_step)
+    writer.start(start_step)
+    schedule = optim.learning_rate_schedule(config.optim, total_steps)
     progress = hooks.Progress(total_steps, start_step)
+    profiler = hooks.Profiler(workdir.profile_dir, start_step,
+                              config.profile_steps if workdir.writes else 0, total_steps)
     start_time = time.monotonic()
     val = None  # the latest validation in this process
     with hooks.StopSignals() as stop:
         for step in range(start_step, total_steps):
+            if step == start_step:
+                log.info("Compiling the training step (the first step waits for it)")
+            profiler.before_step(step)
             state, step_metrics = trainer.step(state, step)
+            profiler.after_step(step, state)
             train_metrics.add(step_metrics)  # stays on the device until it is needed
+            if step == start_step:
+                jax.block_until_ready(state)
+                log.info("First step done in %.1f s, compilation included (the compilation "
+                         "cache shortens it next time)", time.monotonic() - start_time)
+                progress.start_clock(step + 1)
 
             done = step + 1
             log_now = hooks.is_time(done, config.log_every_steps)
@@ -188,13 +203,18 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
             stopping = stop_signal is not None or done == stop_at_step
             save_now = hooks.is_time(done, checkpoint_every) or end_of_epoch or stopping
             if not (log_now or end_of_epoch or save_now):
+                if progress.due():  # a slow run reports by time too (the log only)
+                    rate, eta = progress.report(done)
+                    log.info("step %d/%d: %.1f steps/s, ETA %s", done, total_steps, rate,
+                             hooks.format_seconds(eta))
                 continue
             train_metrics.pull(done)
             if log_now or end_of_epoch:
                 rate, eta = progress.report(done)
             if log_now:
                 record = writer.write_scalars(done, {**train_metrics.take("window"),
-                                                     "steps_per_second": rate})
+                                                     "steps_per_second": rate,
+                                                     "learning_rate": float(schedule(step))})
                 log.info("step %d/%d: loss %.4f, accuracy %.4f, %.1f steps/s, ETA %s", done,
                          total_steps, record["train_loss"], record["train_accuracy"], rate,
                          hooks.format_seconds(eta))
@@ -216,6 +236,7 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
                 checkpoints.save(done, state, train_metrics.state(),
                                  None if val is None else val["accuracy"])
             if stopping:
+                profiler.stop(state)
                 checkpoints.wait()
                 if stop_signal is not None:
                     raise RunStopped(
