@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.rotation_degrees = 0.0  # each digit turned by up to this, either way
     config.augment.scale = 0.0  # resized by a factor in [1 - scale, 1 + scale]
     config.augment.translation_pixels = 0.0  # moved by up to this along each axis
+    config.augment.clean_final_epochs = 0  # the last epochs train on the digits as they are
 
     # How evaluate, predict and the end-of-training report predict
     # (flaxdigits/evaluation/inference.py).
@@ -68,4 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.warmup_fraction = 0.25  # used by 'one_cycle' only
     config.optim.b1 = 0.9  # Adam's decay rate of the gradient's running mean
     config.optim.b2 = 0.999  # Adam's decay rate of the squared gradient's running mean
+    # A moving average of the parameters, kept this much of itself per step, is what
+    # validation, checkpoints' inference and the report use; 0 = none (the parameters).
+    config.optim.ema_decay = 0.0
+    config.optim.label_smoothing = 0.0  # share of each training target spread over all 10
     return config

@@ -205,7 +205,8 @@ class Checkpoints:
             self.manager.item_metadata(step)["state"])
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target)))
-        variables = {"params": restored.state["params"]}
+        # The parameters' moving average where training kept one: what evaluation used.
+        variables = {"params": restored.state.get("ema_params") or restored.state["params"]}
         if restored.state.get("batch_stats"):
             variables["batch_stats"] = restored.state["batch_stats"]
         return jax.device_get(variables)

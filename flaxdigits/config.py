@@ -110,6 +110,7 @@ FIELDS: dict[str, Rule] = {
     "augment.rotation_degrees": number(0, 180),
     "augment.scale": number(0, 1, high_open=True),
     "augment.translation_pixels": number(0, IMAGE_SIDE / 2),
+    "augment.clean_final_epochs": integer(0),
     "inference.tta_views": integer(1, len(augment.TTA_VIEWS)),
     "inference.ensemble_workdirs": workdirs,
     "optim.learning_rate": number(0, low_open=True),
@@ -117,6 +118,8 @@ FIELDS: dict[str, Rule] = {
     "optim.warmup_fraction": number(0, 1, low_open=True, high_open=True),
     "optim.b1": number(0, 1, high_open=True),
     "optim.b2": number(0, 1, high_open=True),
+    "optim.ema_decay": number(0, 1, high_open=True),
+    "optim.label_smoothing": number(0, 1, high_open=True),
 }
 SECTIONS = ("data", "model", "augment", "inference", "optim")
 
@@ -173,6 +176,10 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
         fault = rule(flat[name])
         if fault:
             raise FlaxDigitsError(f"config.{name}={flat[name]!r} {fault}")
+    if tree["augment"]["clean_final_epochs"] > tree["num_epochs"]:
+        raise FlaxDigitsError(
+            f"config.augment.clean_final_epochs={tree['augment']['clean_final_epochs']} must "
+            f"be at most config.num_epochs={tree['num_epochs']}")
     validate_model(tree["model"], "config.model")
     if tree["data"]["source"] == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
         raise FlaxDigitsError("config.data.source='tfds' needs tensorflow-datasets, which is "
@@ -267,7 +274,8 @@ RESUMABLE_CHANGES = frozenset({
 
 # Fields added after workdirs were trained without them, with the value those runs used: a
 # workdir from before resumes as long as the field keeps that value.
-ADDED_FIELDS = {"optim.b1": 0.9, "optim.b2": 0.999}
+ADDED_FIELDS = {"optim.b1": 0.9, "optim.b2": 0.999, "optim.ema_decay": 0.0,
+                "optim.label_smoothing": 0.0, "augment.clean_final_epochs": 0}
 
 
 def check_resumable(config, workdir: Workdir) -> None:

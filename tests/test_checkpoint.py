@@ -52,9 +52,17 @@ BATCHNORM_AND_AUGMENTATION = {
     "augment.translation_pixels": 2.0, "optim.schedule": "one_cycle"}
 
 
+# The accuracy recipe: a parameters' average in the state, smoothed targets, a clean last
+# epoch (the second of two: the run is stopped in each).
+AVERAGE_SMOOTHING_CLEAN_EPOCH = {
+    **BATCHNORM_AND_AUGMENTATION, "optim.ema_decay": 0.9, "optim.label_smoothing": 0.1,
+    "augment.clean_final_epochs": 1}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [{}, BATCHNORM_AND_AUGMENTATION],
-                         ids=["cnn", "batchnorm+augmentation"])
+@pytest.mark.parametrize("overrides", [{}, BATCHNORM_AND_AUGMENTATION,
+                                       AVERAGE_SMOOTHING_CLEAN_EPOCH],
+                         ids=["cnn", "batchnorm+augmentation", "average+smoothing+clean"])
 def test_interrupted_twice_ends_exactly_like_uninterrupted(tmp_path, data_dir, overrides):
     config = run_config(data_dir, **overrides)
     reference = loop.train_and_evaluate(config, tmp_path / "straight")
@@ -248,3 +256,18 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, data_dir, s
     loop.train_and_evaluate(config, small_disk / "work")
     assert_identical(final_params(small_disk / "work"),
                      final_params(self_reference(tmp_path / "reference", config)))
+
+
+def test_inference_loads_the_parameters_average_where_training_kept_one(tmp_path):
+    config = tiny_config(**{"optim.ema_decay": 0.99})
+    state = steps.create_train_state(models.model_from_config(config),
+                                     optim.create_optimizer(config.optim, 10),
+                                     jax.random.key(0), averaged=True)
+    state = state.replace(ema_params=jax.tree_util.tree_map(lambda p: p * 0 + 0.5,
+                                                            state.params))
+    checkpoints = Checkpoints(tmp_path / "work")
+    checkpoints.save(1, state, {})
+    checkpoints.close()
+    variables = Checkpoints(tmp_path / "work", read_only=True).restore_variables(1)
+    for leaf in jax.tree_util.tree_leaves(variables["params"]):
+        np.testing.assert_array_equal(leaf, 0.5)

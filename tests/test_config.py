@@ -26,6 +26,12 @@ BAD_VALUES = [
     ("log_every_steps", -1, "config.log_every_steps=-1 must be an integer >= 0"),
     ("checkpoint_every_steps", -10, "config.checkpoint_every_steps=-10 must be an integer >= 0"),
     ("profile_steps", 2.5, "config.profile_steps=2.5 must be an integer >= 0"),
+    ("augment.clean_final_epochs", -1, "config.augment.clean_final_epochs=-1 must be an "
+                                       "integer >= 0"),
+    ("augment.clean_final_epochs", 99, "must be at most config.num_epochs"),
+    ("optim.ema_decay", 1.0, "config.optim.ema_decay=1.0 must be a number in [0, 1)"),
+    ("optim.label_smoothing", -0.1, "config.optim.label_smoothing=-0.1 must be a number in "
+                                    "[0, 1)"),
     ("keep_checkpoints", 0, "config.keep_checkpoints=0 must be an integer >= 1"),
     ("dtype", "float16", "config.dtype='float16' must be one of 'float32', 'bfloat16'"),
     ("data.source", "hub", "config.data.source='hub' must be one of 'files', 'tfds'"),

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from flaxdigits import data, testing
@@ -158,3 +160,22 @@ def test_a_profile_of_the_asked_steps_is_written_for_perfetto(tmp_path, syntheti
     # No trace unless asked.
     loop.train_and_evaluate(tiny_config(**{"data.dir": str(synthetic_dir)}), tmp_path / "w2")
     assert not (tmp_path / "w2" / "profile").exists()
+
+
+def test_clean_final_epochs_train_on_the_digits_as_they_are():
+    """Epochs after num_epochs - clean_final_epochs skip the augmentation: with every epoch
+    clean, an augmenting config trains exactly as one without augmentation."""
+    images, labels = testing.synthetic_digits(256)
+    split = data.Split(data.to_model_inputs(images), data.one_hot(labels))
+    augmenting = {"augment.rotation_degrees": 10.0, "augment.translation_pixels": 2.0}
+    results = []
+    for overrides in ({}, {**augmenting, "augment.clean_final_epochs": 1}, augmenting):
+        trainer = loop.Trainer(tiny_config(**overrides), split)
+        state = trainer.initial_state(total_steps=4)
+        for step in range(4):
+            state, _ = trainer.step(state, step)
+        results.append(jax.tree_util.tree_leaves(jax.device_get(state.params)))
+    plain, clean, augmented = results
+    for a, b in zip(plain, clean):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, augmented))

@@ -19,7 +19,7 @@ def _initial_state(config_json: str):
     config = ml_collections.ConfigDict(json.loads(config_json))
     model = models.model_from_config(config)
     return steps.create_train_state(model, optim.create_optimizer(config.optim, 100),
-                                    jax.random.key(0))
+                                    jax.random.key(0), averaged=config.optim.ema_decay > 0)
 
 
 def small_state(config=None):
@@ -137,3 +137,37 @@ def test_batchnorm_statistics_update_in_training_and_are_used_in_evaluation():
     shifted = jax.tree_util.tree_map(lambda x: x + 1.0, state.batch_stats)
     other = apply({"params": state.params, "batch_stats": shifted}, batch["image"][:1])
     assert not np.allclose(alone, other)
+
+
+def test_the_parameters_average_follows_the_warmed_up_decay_and_is_what_evaluation_uses():
+    config = tiny_config(**{"optim.ema_decay": 0.999})
+    state = small_state(config)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.all(a == b)), state.ema_params, state.params))
+    before = jax.tree_util.tree_map(np.asarray, state.params)
+    recipe = steps.Recipe(ema_decay=0.999)
+    state, _ = steps.train_step(state, synthetic_batch(32), jax.random.key(0), recipe=recipe)
+    decay = 2 / 11  # min(0.999, (1 + t) / (10 + t)) after t = 1 step
+    for average, old, new in zip(*(jax.tree_util.tree_leaves(t) for t in
+                                   (state.ema_params, before, state.params))):
+        np.testing.assert_allclose(average, decay * old + (1 - decay) * np.asarray(new),
+                                   rtol=1e-5, atol=1e-7)
+    assert steps.model_variables(state)["params"] is state.ema_params
+    # Without an average, evaluation uses the parameters, and the state has no average.
+    plain = small_state()
+    assert plain.ema_params is None and steps.model_variables(plain)["params"] is plain.params
+
+
+def test_label_smoothing_trains_towards_spread_targets():
+    batch = synthetic_batch(32)
+    smoothing = 0.1
+    _, plain = steps.train_step(small_state(), batch, jax.random.key(0))
+    _, smooth = steps.train_step(small_state(), batch, jax.random.key(0),
+                                 recipe=steps.Recipe(label_smoothing=smoothing))
+    # Same logits (computed before the update): the smoothed loss adds the spread part.
+    logits = small_state().apply_fn(steps.model_variables(small_state()), batch["image"])
+    targets = batch["label"] * (1 - smoothing) + smoothing / 10
+    expected = float(jnp.mean(-jnp.sum(targets * jax.nn.log_softmax(logits), -1)))
+    assert float(smooth["loss"]) == pytest.approx(expected, rel=1e-5)
+    assert abs(float(smooth["loss"]) - float(plain["loss"])) > 1e-5  # near-uniform logits: small
+    assert float(smooth["accuracy"]) == float(plain["accuracy"])

@@ -53,6 +53,11 @@ class Trainer:
         self.train_data = {"image": parallel.put(train_split.images, self.replicated),
                            "label": parallel.put(train_split.labels, self.replicated)}
         self.augment = augment_lib.from_config(config)
+        # The last `clean_final_epochs` epochs see the digits as they are (a final low-rate
+        # pass on clean data, after augmented ones).
+        self.clean_from_epoch = config.num_epochs - config.augment.clean_final_epochs
+        self.recipe = steps.Recipe(ema_decay=float(config.optim.ema_decay),
+                                   label_smoothing=float(config.optim.label_smoothing))
         self.init_key, self.shuffle_key, self.step_key = jax.random.split(
             jax.random.key(config.seed), 3)
         self.model = models.model_from_config(config)
@@ -62,7 +67,8 @@ class Trainer:
 
     def initial_state(self, total_steps: int) -> steps.TrainState:
         tx = optim.create_optimizer(self.optim_config, total_steps)
-        return steps.create_train_state(self.model, tx, self.init_key, self.replicated)
+        return steps.create_train_state(self.model, tx, self.init_key, self.replicated,
+                                        averaged=self.recipe.ema_decay > 0)
 
     def step(self, state: steps.TrainState, step: int):
         """Runs training step `step` (counting from 0); returns (state, device metrics). At
@@ -74,7 +80,8 @@ class Trainer:
             self._order_epoch = epoch
         state, step_metrics = steps.train_step_on_device(
             state, self.train_data, self._order, index_in_epoch, self.step_key,
-            batch_size=self.batch_size, augment=self.augment,
+            batch_size=self.batch_size, recipe=self.recipe,
+            augment=self.augment if epoch < self.clean_from_epoch else None,
             sharding=self.batch_sharding if self.mesh.devices.size > 1 else None)
         self._in_flight.append(step_metrics["loss"])
         if len(self._in_flight) > MAX_STEPS_IN_FLIGHT:
