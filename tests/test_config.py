@@ -5,13 +5,13 @@ import time
 
 import pytest
 
-from configs import base, deep, fast, tiny
+from configs import accurate, base, deep, fast, tiny
 from flaxdigits import config as config_lib
 from flaxdigits.errors import FlaxDigitsError
 from flaxdigits.workdir import Workdir
 from tests.conftest import tiny_config
 
-CONFIGS = {"base": base, "deep": deep, "fast": fast, "tiny": tiny}
+CONFIGS = {"accurate": accurate, "base": base, "deep": deep, "fast": fast, "tiny": tiny}
 
 # (field, a bad value, what the message must say). Every field of every config in configs/
 # has at least one row (test_every_field_has_a_bad_value_row checks it).

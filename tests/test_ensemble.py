@@ -1,0 +1,54 @@
+"""flaxdigits/ensemble.py: members trained at the same time, one per core, then scored."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flaxdigits import ensemble, runtime
+from tests.conftest import REPO, run_launch
+
+pytestmark = pytest.mark.slow
+
+
+def test_members_train_side_by_side_pinned_and_score_as_an_ensemble(tmp_path, synthetic_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "flaxdigits.ensemble", "--config=configs/tiny.py",
+         f"--workdir={tmp_path / 'ens'}", "--members=3", "--first_seed=5", "--at_once=2",
+         f"--config.data.dir={synthetic_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    members = ensemble.member_dirs(tmp_path / "ens", 3)
+    for index, member in enumerate(members):
+        saved = json.loads((member / "config.json").read_text())
+        assert saved["seed"] == 5 + index
+        assert (member / "report.json").is_file()
+        log = (member.parent / f"{member.name}.log").read_text()
+        assert "CpuDevice(id=0)]" in log and "CpuDevice(id=1)" not in log  # one device each
+    command = result.stdout.strip().splitlines()[-1].strip()
+    assert command.startswith("python launch.py --config=configs/tiny.py")
+    evaluated = run_launch(f"--config=configs/tiny.py", f"--workdir={members[0]}",
+                           "--mode=evaluate", f"--config.data.dir={synthetic_dir}",
+                           f"--config.inference.ensemble_workdirs=('{members[1]}', "
+                           f"'{members[2]}')")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads((members[0] / "report.json").read_text())
+    assert report["ensemble_workdirs"] == [str(members[1]), str(members[2])]
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "flaxdigits.ensemble",
+                             "--config=configs/nope.py", f"--workdir={tmp_path}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_one_after_another_by_default_on_every_core(tmp_path, synthetic_dir):
+    results = ensemble.train_members("configs/tiny.py", tmp_path / "ens", 2, 0,
+                                     [f"--config.data.dir={synthetic_dir}"])
+    assert [code for _, code, _ in results] == [0, 0]
+    log = (tmp_path / "ens" / "member_1.log").read_text()
+    devices = runtime.cpu_device_count(len(os.sched_getaffinity(0)), (32, 64))
+    assert f"CpuDevice(id={devices - 1})]" in log  # launch.py's own layout: every core
