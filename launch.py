@@ -87,8 +87,24 @@ class Terminated(Exception):
     """SIGTERM outside the training loop (which handles it itself, with a checkpoint)."""
 
 
-def raise_terminated(signum, frame):
-    raise Terminated()
+def raise_on_signal(signum, frame):
+    """SIGTERM raises Terminated, SIGINT KeyboardInterrupt. Python drops an exception raised
+    while it runs a garbage-collection or finalizer callback ("Exception ignored in ..."),
+    so the signal is also noted: the training loop honours a noted signal with a
+    checkpoint, and main() after the run."""
+    from flaxdigits.training import hooks
+
+    hooks.note_signal(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def quiet_dropped_signals(unraisable, default_hook=sys.unraisablehook):
+    """A signal's exception that Python dropped (raised inside a gc callback) is not a
+    traceback for the user: the signal was noted and is honoured (raise_on_signal)."""
+    if isinstance(unraisable.exc_value, (Terminated, KeyboardInterrupt)):
+        logging.debug("A signal arrived inside %r; honoured later", unraisable.object)
+        return
+    default_hook(unraisable)
 
 
 def main(argv):
@@ -96,8 +112,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # SIGTERM while loading, compiling or reporting stops as Ctrl-C does: with one line.
     # (SIGINT too, even where the shell that started us ignores it for background jobs.)
-    signal.signal(signal.SIGTERM, raise_terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, raise_on_signal)
+    signal.signal(signal.SIGINT, raise_on_signal)
+    sys.unraisablehook = quiet_dropped_signals
     logging.get_absl_handler().addFilter(quiet_orbax)
     # The library's loggers follow absl's --verbosity (see flaxdigits/logs.py).
     std_logging.getLogger("flaxdigits").setLevel(std_logging.getLogger().getEffectiveLevel())
@@ -125,6 +142,10 @@ def main(argv):
 
             return serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
         print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
+        from flaxdigits.training import hooks
+
+        if hooks.noted_signal() is not None:  # a signal whose exception Python dropped
+            raise Terminated() if hooks.noted_signal() == signal.SIGTERM else KeyboardInterrupt()
     except RunStopped as e:
         stop(f"flaxdigits: {e}", e.exit_code, several)
     except (KeyboardInterrupt, Terminated) as e:

@@ -75,3 +75,14 @@ def test_one_process_stops_at_once_and_names_the_signal():
     assert stop.agreed(3, 10) == signal.SIGTERM  # not only every SYNC_EVERY_STEPS steps
     assert stop.describe(signal.SIGTERM) == "SIGTERM"
     assert stop.describe(signal.SIGINT) == "SIGINT (sent to another process)"
+
+
+def test_a_signal_noted_before_the_loop_stops_it_at_once_and_only_once():
+    """launch.py notes the signals its handler sees: Python drops the exception a handler
+    raises inside a garbage-collection callback, and the loop must still stop."""
+    hooks.note_signal(signal.SIGTERM)
+    with hooks.StopSignals() as stop:
+        assert stop.agreed(1, 10) == signal.SIGTERM
+    assert hooks.noted_signal() is None  # honoured: the next run starts clean
+    with hooks.StopSignals() as stop:
+        assert stop.agreed(1, 10) is None

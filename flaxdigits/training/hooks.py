@@ -210,6 +210,18 @@ class Profiler:
                      traces[-1] if traces else self.folder)
 
 
+_noted: list = []  # signals a program's own handler saw (launch.py's), oldest first
+
+
+def note_signal(signum: int) -> None:
+    """Records that a stop signal arrived outside the training loop (see StopSignals)."""
+    _noted.append(signum)
+
+
+def noted_signal() -> Optional[int]:
+    return _noted[0] if _noted else None
+
+
 class StopSignals:
     """Within `with`, SIGTERM and SIGINT ask the loop to stop after the current step.
 
@@ -249,10 +261,13 @@ class StopSignals:
         return name if self.received == signum else f"{name} (sent to another process)"
 
     def __enter__(self):
+        if noted_signal() is not None and self.received is None:  # it came before the loop
+            self._handle(noted_signal(), None)
         if threading.current_thread() is threading.main_thread():  # signals need the main one
             self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
+        _noted.clear()  # honoured by this loop: a later run in the same process starts clean
         for s, handler in self.previous.items():
             signal.signal(s, handler)
