@@ -184,7 +184,11 @@ def test_launch_serves_a_workdir_and_refuses_a_missing_one(workdir, tmp_path, la
         assert health["status"] == "ok" and health["model"] == "cnn"
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=30)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # never leave a server behind
+            process.kill()
+            raise
     assert f"Serving on http://127.0.0.1:{port}/" in stderr and "Traceback" not in stderr
     assert process.returncode == 143  # SIGTERM: the documented exit, with one line
     assert stderr.strip().splitlines()[-1].startswith("flaxdigits: stopped by SIGTERM")
