@@ -144,8 +144,9 @@ def main(argv):
         print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
         from flaxdigits.training import hooks
 
-        if hooks.noted_signal() is not None:  # a signal whose exception Python dropped
-            raise Terminated() if hooks.noted_signal() == signal.SIGTERM else KeyboardInterrupt()
+        dropped = hooks.noted_signal()  # a signal whose exception Python dropped
+        if dropped is not None:
+            raise Terminated() if dropped == signal.SIGTERM else KeyboardInterrupt()
     except RunStopped as e:
         stop(f"flaxdigits: {e}", e.exit_code, several)
     except (KeyboardInterrupt, Terminated) as e:
@@ -195,12 +196,13 @@ def supervise() -> int:
         return code
     who = (f"process {FLAGS.process_id} of {FLAGS.num_processes}" if FLAGS.process_id is not None
            else "this process")
+    ended = f"{who} ended by {signal.Signals(-code).name}"
     if not joined:
         where = f"the run at {FLAGS.coordinator}" if FLAGS.coordinator else "the cluster"
         why = (f"could not join {where} within {FLAGS.join_timeout} s: is process 0 running, "
-               f"and reachable at that address? ({who} ended by {signal.Signals(-code).name})")
+               f"and reachable at that address? ({ended})")
     else:
-        why = (f"{who} ended by {signal.Signals(-code).name}" +
+        why = (ended +
                (": JAX ends a process so when another process of the run has died or stopped "
                 "answering (its log says which); rerun all of them to resume from the last "
                 "checkpoint" if -code == signal.SIGABRT else ""))

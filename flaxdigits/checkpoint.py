@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
+from flaxdigits import runtime
 from flaxdigits.errors import FlaxDigitsError
 from flaxdigits.workdir import Workdir
 
@@ -44,7 +45,7 @@ class Checkpoints:
         # Orbax reads every step's metrics when it starts and fails on a damaged file: such a
         # file is moved aside (nothing is deleted), and its step counts as unvalidated. (By
         # the primary process only, of several: the others wait for it.)
-        for path in self._damaged_metrics_files() if _primary() else []:
+        for path in self._damaged_metrics_files() if runtime.is_primary() else []:
             try:
                 path.rename(path.with_name(path.name + ".unreadable"))
             except OSError as e:
@@ -167,7 +168,7 @@ class Checkpoints:
         return None
 
     def _move_aside(self, steps: list[int]) -> None:
-        for step in steps if _primary() else []:
+        for step in steps if runtime.is_primary() else []:
             target = self.directory / f"{step}.unreadable"
             if target.exists():
                 target = self.directory / f"{step}.unreadable.{time.time_ns()}"
@@ -225,10 +226,6 @@ class Checkpoints:
                 raise
             log.warning("Closing the checkpoints of %s after an error: %s", self.directory,
                         one_line(e))
-
-
-def _primary() -> bool:
-    return jax.process_index() == 0
 
 
 def _sync_processes(name: str) -> None:

@@ -67,10 +67,9 @@ class Workdir:
         return config
 
     def write_config(self, config) -> None:
-        if not self.writes:
-            return
-        self.create()
-        write_atomically(self.config_file, config.to_json_best_effort(indent=2) + "\n")
+        if self.writes:
+            self.create()
+        self._write(self.config_file, config.to_json_best_effort(indent=2) + "\n")
 
     @contextlib.contextmanager
     def lock(self):
@@ -141,8 +140,7 @@ class Workdir:
                 f"{source} holds {fingerprint['examples']} (sha256 "
                 f"{fingerprint['sha256'][:12]}...); resume on the same data or use a new "
                 f"--workdir")
-        if self.writes:
-            write_atomically(self.data_file, json.dumps(fingerprint, indent=2) + "\n")
+        self._write(self.data_file, json.dumps(fingerprint, indent=2) + "\n")
 
     # -- metrics.jsonl
 
@@ -167,8 +165,7 @@ class Workdir:
         return records
 
     def rewrite_metrics(self, records: list[dict]) -> None:
-        if self.writes:
-            write_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
+        self._write(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
 
     def append_metrics(self, record: dict) -> None:
         """Appended and flushed at once, so a crash loses nothing already written."""
@@ -180,16 +177,19 @@ class Workdir:
     # -- outputs
 
     def write_report(self, report: dict) -> None:
-        if self.writes:
-            write_atomically(self.report_file, json.dumps(report, indent=2) + "\n")
+        self._write(self.report_file, json.dumps(report, indent=2) + "\n")
 
     def write_submission(self, labels) -> pathlib.Path:
         """Kaggle's format: a header `ImageId,Label`, then one row per test image, ImageId
         counting from 1 in the order of test.csv."""
         lines = ["ImageId,Label"] + [f"{i},{int(label)}" for i, label in enumerate(labels, 1)]
-        if self.writes:
-            write_atomically(self.submission_file, "\n".join(lines) + "\n")
+        self._write(self.submission_file, "\n".join(lines) + "\n")
         return self.submission_file
+
+    def _write(self, path: pathlib.Path, content: str) -> None:
+        """Every whole-file write of the workdir: skipped where this process does not write."""
+        if self.writes:
+            write_atomically(path, content)
 
 
 def write_atomically(path: pathlib.Path, content) -> None:

@@ -261,8 +261,9 @@ class StopSignals:
         return name if self.received == signum else f"{name} (sent to another process)"
 
     def __enter__(self):
-        if noted_signal() is not None and self.received is None:  # it came before the loop
-            self._handle(noted_signal(), None)
+        noted = noted_signal()
+        if noted is not None and self.received is None:  # it came before the loop
+            self._handle(noted, None)
         if threading.current_thread() is threading.main_thread():  # signals need the main one
             self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
