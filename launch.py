@@ -140,8 +140,9 @@ def main(argv):
         if FLAGS.mode == "serve":
             from flaxdigits.serving import app as serving_app
 
-            return serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
-        print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
+            serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
+        else:
+            print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
         from flaxdigits.training import hooks
 
         dropped = hooks.noted_signal()  # a signal whose exception Python dropped

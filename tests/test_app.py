@@ -194,6 +194,32 @@ def test_launch_serves_a_workdir_and_refuses_a_missing_one(workdir, tmp_path, la
     assert stderr.strip().splitlines()[-1].startswith("flaxdigits: stopped by SIGTERM")
 
 
+def test_a_noted_stop_signal_ends_the_server_loop(monkeypatch):
+    """A signal whose exception Python dropped (inside a finalizer) is only noted: the
+    server's loop must still end, within about a poll (a second), not serve on forever."""
+    import threading
+    import time
+
+    import waitress.server
+
+    from flaxdigits.training import hooks
+
+    monkeypatch.setattr(hooks, "_noted", [])
+    server = waitress.server.create_server(app_lib.create_app(MeanBrightnessModel()),
+                                           host="127.0.0.1", port=0,
+                                           **app_lib.server_settings(threads=1))
+    threading.Timer(0.2, hooks.note_signal, args=(15,)).start()
+    backstop = threading.Timer(20, server.close)  # the test ends even when the loop does not
+    backstop.start()
+    start = time.monotonic()
+    try:
+        app_lib.run_until_stopped(server)
+    finally:
+        backstop.cancel()
+        server.close()
+    assert time.monotonic() - start < 5
+
+
 @pytest.mark.slow
 def test_idle_connections_neither_lock_others_out_nor_linger():
     import socket

@@ -165,11 +165,23 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
         raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     log.info("Serving on http://%s:%s/ (Ctrl-C stops)", host, server.effective_port)
     try:
-        server.run()
-    except KeyboardInterrupt:
-        log.info("Stopped")
+        run_until_stopped(server)
     finally:
+        server.task_dispatcher.shutdown()
         server.close()
+    log.info("Stopped")
+
+
+def run_until_stopped(server) -> None:
+    """waitress's main loop (what `server.run()` does), one poll of at most a second at a
+    time, until a stop signal. A signal handler's exception ends it at once; but Python
+    drops one raised while a finalizer runs (a socket closed by the garbage collector), and
+    the handler notes the signal for that case (launch.py), which is checked between polls."""
+    from flaxdigits.training import hooks
+
+    while server._map and hooks.noted_signal() is None:
+        server.asyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=server._map,
+                             use_poll=server.adj.asyncore_use_poll, count=1)
 
 
 def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
