@@ -4,13 +4,17 @@
         --members=3 [--at_once=2] [--config.data.dir=DIR ...]
 
 Member i is `launch.py --config.seed=<first_seed + i>` in `runs/ensemble/member_<i>`, the
-other `--config.*` flags passed on as they are. `--at_once=1` (the default) trains them one
-after another, each on every core (one JAX device per core, launch.py's default).
-`--at_once=N` trains N at a time, each pinned to its own core with one JAX device and
-single-threaded XLA, so that they never fight over a core. Which is faster depends on the
-model and the machine: on the 2-core development CPU, DeepCNN ran at 5.0 steps/s in each of
-two pinned processes (10 together) against 12-13 steps/s in one process on both cores, so
-one after another wins there; measure before choosing (each member's log says steps/s).
+other `--config.*` flags passed on as they are. `--at_once=1` (the default) trains them one after another, each on every core (one JAX
+device per core, launch.py's default). `--at_once=N` trains N at a time, each pinned to its
+own core with single-threaded XLA, so that they never fight over a core, and with
+PINNED_DEVICES_PER_CORE JAX devices on that core (smaller per-device batches stay in the
+core's cache). On the 2-core development CPU, DeepCNN (configs/accurate.py, batch 128) ran
+at 7.6 steps/s in each of two pinned processes (15.2 together) against 13.6-14.5 steps/s in
+one process on both cores; with one device per pinned process it was 5.1 each. Each
+member's log says its steps/s: measure on your machine before choosing.
+`--own_splits` gives member i `--config.data.split_seed=<its seed>`: each member holds out
+its own validation examples (and chooses its checkpoint on them), so that the members see
+different training data and, together, every example.
 A member already trained is re-reported, one stopped half-way resumes. Ctrl-C or SIGTERM
 stops the running members with a checkpoint. At the end it prints the `--mode=evaluate`
 command that scores the ensemble (member 0 with the others as ensemble_workdirs).
@@ -24,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from flaxdigits import runtime
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 # One core, one thread: XLA's Eigen thread pool and its intra-op parallelism both off.
@@ -35,22 +41,33 @@ def member_dirs(workdir: pathlib.Path, members: int) -> list[pathlib.Path]:
     return [workdir / f"member_{i}" for i in range(members)]
 
 
-def member_command(config: str, workdir: pathlib.Path, seed: int, overrides) -> list[str]:
+def member_command(config: str, workdir: pathlib.Path, seed: int, overrides,
+                   own_split: bool = False) -> list[str]:
+    split = [f"--config.data.split_seed={seed}"] if own_split else []
     return [sys.executable, str(REPO / "launch.py"), f"--config={config}",
-            f"--workdir={workdir}", f"--config.seed={seed}", *overrides]
+            f"--workdir={workdir}", f"--config.seed={seed}", *split, *overrides]
+
+
+# JAX devices per core for a pinned member (runtime.DEVICES_PER_CORE; fewer where the batch
+# sizes do not divide): 4 measured best of 1, 2 and 4 for DeepCNN at batch 128.
+PINNED_DEVICES_PER_CORE = 4
 
 
 def pinned_environment() -> dict:
-    """One JAX device, single-threaded XLA: for a process pinned to one core."""
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1")
+    """Single-threaded XLA and PINNED_DEVICES_PER_CORE devices: for a process pinned to one
+    core."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}
+    env[runtime.DEVICES_PER_CORE] = str(PINNED_DEVICES_PER_CORE)
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}".strip()
     return env
 
 
 def train_members(config: str, workdir, members: int, first_seed: int = 0,
-                  overrides=(), at_once: int = 1) -> list[tuple[pathlib.Path, int, float]]:
+                  overrides=(), at_once: int = 1,
+                  own_splits: bool = False) -> list[tuple[pathlib.Path, int, float]]:
     """Trains `members` members, `at_once` at a time (more than 1: each pinned to one of the
-    cores this process may use); returns (workdir, exit code, seconds) of each."""
+    cores this process may use); returns (workdir, exit code, seconds) of each. `own_splits`:
+    each member holds out the validation examples of its own split_seed (its seed)."""
     workdir = pathlib.Path(workdir)
     if at_once > 1:
         cores = sorted(os.sched_getaffinity(0))[:at_once]
@@ -67,15 +84,17 @@ def train_members(config: str, workdir, members: int, first_seed: int = 0,
                     path.parent.mkdir(parents=True, exist_ok=True)
                     log = open(path.parent / f"{path.name}.log", "w")
                     pinned = core is not None
+                    where = f"pinned to core {core}" if pinned else "on every core"
+                    log.write(f"member {index} (seed {first_seed + index}) {where}\n")
+                    log.flush()
                     process = subprocess.Popen(
-                        member_command(config, path, first_seed + index, overrides),
+                        member_command(config, path, first_seed + index, overrides, own_splits),
                         env=pinned_environment() if pinned else None, stdout=log,
                         stderr=subprocess.STDOUT,
                         preexec_fn=(lambda core=core: os.sched_setaffinity(0, {core}))
                         if pinned else None)
                     log.close()
                     running[core] = (index, path, process, time.monotonic())
-                    where = f"on core {core}" if pinned else "on every core"
                     print(f"member {index} (seed {first_seed + index}) {where}: {path}",
                           flush=True)
             time.sleep(0.5)
@@ -103,6 +122,9 @@ def main(argv=None) -> int:
     parser.add_argument("--first_seed", type=int, default=0)
     parser.add_argument("--at_once", type=int, default=1,
                         help="members trained at the same time, each pinned to one core")
+    parser.add_argument("--own_splits", action="store_true",
+                        help="member i holds out its own validation examples (split_seed = "
+                             "its seed)")
     args, overrides = parser.parse_known_args(argv)
     bad = [flag for flag in overrides if not flag.startswith("--config.")]
     if bad or args.members < 1 or args.at_once < 1:
@@ -114,7 +136,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         results = train_members(args.config, args.workdir, args.members, args.first_seed,
-                                overrides, args.at_once)
+                                overrides, args.at_once, args.own_splits)
     except KeyboardInterrupt:
         print("flaxdigits: stopped; the members keep their checkpoints: run the same command "
               "to go on", file=sys.stderr)

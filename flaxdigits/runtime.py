@@ -22,28 +22,44 @@ import os
 import pathlib
 from typing import Optional
 
+from flaxdigits.errors import FlaxDigitsError
+
 log = logging.getLogger(__name__)
 
 OFF = "off"
 _chosen: dict = {}  # the first choice made in this process: later calls keep it
 
 
+# Environment: JAX CPU devices per core this process may use (default 1). Several devices on
+# one core help a process pinned to that core with single-threaded XLA (flaxdigits.ensemble):
+# each device's share of the batch is smaller and stays in the core's cache (DeepCNN, batch
+# 128, one core: 5.1 steps/s with 1 device, 7.6 with 4).
+DEVICES_PER_CORE = "FLAXDIGITS_DEVICES_PER_CORE"
+
+
 def use_cpu_cores(*batch_sizes: int, processes: int = 1) -> int:
-    """Asks JAX for one CPU device per core this process may use, as many as divide every
-    batch size (a batch is split evenly across the devices of all `processes`); returns the
-    count asked for, or 0 where the environment decides or JAX has already started (then
-    nothing changes)."""
+    """Asks JAX for one CPU device per core this process may use (or $DEVICES_PER_CORE per
+    core), as many as divide every batch size (a batch is split evenly across the devices of
+    all `processes`); returns the count asked for, or 0 where the environment decides or JAX
+    has already started (then nothing changes)."""
     import jax
 
     if os.environ.get("JAX_NUM_CPU_DEVICES") or "device_count" in os.environ.get("XLA_FLAGS", ""):
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    count = cpu_device_count(cores or 1, batch_sizes, processes)
+    count = cpu_device_count((cores or 1) * devices_per_core(), batch_sizes, processes)
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # JAX already runs: its devices are fixed for this process
         return 0
     return count
+
+
+def devices_per_core() -> int:
+    text = os.environ.get(DEVICES_PER_CORE, "1")
+    if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+        raise FlaxDigitsError(f"${DEVICES_PER_CORE}={text!r}: want a whole number from 1 to 64")
+    return int(text)
 
 
 def cpu_device_count(cores: int, batch_sizes, processes: int = 1) -> int:
@@ -77,8 +93,6 @@ def join_processes(coordinator: Optional[str] = None, num_processes: Optional[in
     Raises FlaxDigitsError, in one line, when the run cannot be joined in time.
     """
     import jax
-
-    from flaxdigits.errors import FlaxDigitsError
 
     explicit = (coordinator, num_processes, process_id)
     if any(v is not None for v in explicit) and not all(v is not None for v in explicit):

@@ -16,17 +16,21 @@ pytestmark = pytest.mark.slow
 def test_members_train_side_by_side_pinned_and_score_as_an_ensemble(tmp_path, synthetic_dir):
     result = subprocess.run(
         [sys.executable, "-m", "flaxdigits.ensemble", "--config=configs/tiny.py",
-         f"--workdir={tmp_path / 'ens'}", "--members=3", "--first_seed=5", "--at_once=2",
+         f"--workdir={tmp_path / 'ens'}", "--members=3", "--first_seed=5", "--at_once=2", "--own_splits",
          f"--config.data.dir={synthetic_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     members = ensemble.member_dirs(tmp_path / "ens", 3)
     for index, member in enumerate(members):
         saved = json.loads((member / "config.json").read_text())
-        assert saved["seed"] == 5 + index
+        assert saved["seed"] == saved["data"]["split_seed"] == 5 + index
         assert (member / "report.json").is_file()
         log = (member.parent / f"{member.name}.log").read_text()
-        assert "CpuDevice(id=0)]" in log and "CpuDevice(id=1)" not in log  # one device each
+        # One core each, and ensemble.PINNED_DEVICES_PER_CORE devices on it (they divide
+        # tiny.py's batches, 32 and 64).
+        devices = ensemble.PINNED_DEVICES_PER_CORE
+        assert f"CpuDevice(id={devices - 1})]" in log, log[-2000:]
+        assert "pinned to core" in log
     command = result.stdout.strip().splitlines()[-1].strip()
     assert command.startswith("python launch.py --config=configs/tiny.py")
     evaluated = run_launch(f"--config=configs/tiny.py", f"--workdir={members[0]}",

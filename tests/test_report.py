@@ -157,3 +157,18 @@ def test_report_with_tta_and_an_ensemble_workdir(trained):
     probabilities = inference.predict_probabilities(one.model, one.variables, split.images,
                                                     256, 5)
     assert report["accuracy"] == np.mean(probabilities.argmax(-1) == split.label_ids)
+
+
+def test_an_ensemble_is_not_scored_on_a_validation_split_a_member_trained_on(tmp_path):
+    member = tmp_path / "member_1"
+    member.mkdir()
+    saved = json.loads(json.dumps(tiny_config().to_dict()))
+    saved["data"]["split_seed"] = 1  # `python -m flaxdigits.ensemble --own_splits`
+    (member / "config.json").write_text(json.dumps(saved))
+    config = tiny_config(**{"inference.ensemble_workdirs": (str(member),)})
+    with pytest.raises(FlaxDigitsError, match=f"member {member} was trained with "
+                                              "config.data.split_seed=1, not 0"):
+        report_lib.check_same_validation_split(config, tiny_config())
+    saved["data"]["split_seed"] = 0
+    (member / "config.json").write_text(json.dumps(saved))
+    report_lib.check_same_validation_split(config, tiny_config())  # the same split: fine

@@ -27,8 +27,19 @@ def test_too_late_changes_nothing():
     assert runtime.use_cpu_cores(128) == 0
 
 
+def test_devices_per_core_from_the_environment(monkeypatch):
+    assert runtime.devices_per_core() == 1
+    monkeypatch.setenv(runtime.DEVICES_PER_CORE, "4")
+    assert runtime.devices_per_core() == 4
+    for bad in ("0", "two", "-1", "65"):
+        monkeypatch.setenv(runtime.DEVICES_PER_CORE, bad)
+        with pytest.raises(FlaxDigitsError, match=f"FLAXDIGITS_DEVICES_PER_CORE='{bad}': want"):
+            runtime.devices_per_core()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("env,expected", [({}, None), ({"JAX_NUM_CPU_DEVICES": "1"}, 1)])
+@pytest.mark.parametrize("env,expected", [({}, None), ({"JAX_NUM_CPU_DEVICES": "1"}, 1),
+                                          ({runtime.DEVICES_PER_CORE: "2"}, "twice")])
 def test_launch_uses_every_core_unless_told(tmp_path, launch, synthetic_dir, env, expected):
     import os
 
@@ -36,7 +47,9 @@ def test_launch_uses_every_core_unless_told(tmp_path, launch, synthetic_dir, env
                     f"--config.data.dir={synthetic_dir}", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     cores = len(os.sched_getaffinity(0))
-    count = expected or runtime.cpu_device_count(cores, (32, 64))
+    per_core = 2 if expected == "twice" else 1
+    count = runtime.cpu_device_count(cores * per_core, (32, 64)) if expected in (None, "twice") \
+        else expected
     devices = [line for line in result.stderr.splitlines() if "JAX devices" in line][0]
     assert devices.count("CpuDevice") == count
 

@@ -39,13 +39,23 @@ def report_split(dataset: data.Dataset):
 
 def check_same_validation_split(config, trained_config) -> None:
     """Evaluating on the validation split is only honest if it is the split held out in
-    training: refuse a config that would hold out other examples."""
+    training, by the model and by every ensemble member: refuse a config that would hold out
+    other examples, and members trained with other splits (`ensemble --own_splits`)."""
     for field in ("validation_fraction", "split_seed"):
         now, then = config.data[field], trained_config.data[field]
         if now != then:
             raise FlaxDigitsError(
                 f"config.data.{field}={now!r}, but the model was trained with {then!r}: the "
                 f"validation split would include training examples; use the trained value")
+    for member in config.inference.ensemble_workdirs:
+        saved = Workdir(member).read_config() or {}
+        for field in ("validation_fraction", "split_seed"):
+            then = saved.get("data", {}).get(field, config.data[field])
+            if then != config.data[field]:
+                raise FlaxDigitsError(
+                    f"ensemble member {member} was trained with config.data.{field}={then!r}, "
+                    f"not {config.data[field]!r}: it trained on examples of this validation "
+                    f"split, so the ensemble cannot be scored on it")
 
 
 def write_report(workdir, trained: inference.Trained, dataset: data.Dataset, config, *,
