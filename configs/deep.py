@@ -24,6 +24,7 @@ def get_config():
     config.model.stem_features = 32
     config.model.block_features = (48, 96)
     config.model.convs_per_block = 2
+    config.model.kernel_size = 3  # of the blocks' convolutions (odd; 5 and 7 differ more)
     config.model.dense_features = 256
     config.model.dropout_rate = 0.3
     del config.model["conv_features"]  # the base CNN's field; DeepCNN has blocks instead

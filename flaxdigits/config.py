@@ -74,6 +74,14 @@ def text(value) -> Optional[str]:
     return None if isinstance(value, str) else "must be a string (\"\" for the default)"
 
 
+def odd_integer(low: int, high: int) -> Rule:
+    def rule(value):
+        if integer(low, high)(value) or value % 2 == 0:
+            return f"must be an odd integer from {low} to {high}"
+        return None
+    return rule
+
+
 def integers(low: int) -> Rule:
     """A non-empty list of integers >= low (a tuple in a config, a list in JSON)."""
     def rule(value):
@@ -132,6 +140,7 @@ MODEL_FIELDS: dict[str, Rule] = {
     "stem_features": integer(1),
     "block_features": integers(1),
     "convs_per_block": integer(1),
+    "kernel_size": odd_integer(1, 13),
     "num_classes": integer(10, 10),
 }
 # FastCNN may leave out its hidden dense layer.
@@ -275,7 +284,8 @@ RESUMABLE_CHANGES = frozenset({
 # Fields added after workdirs were trained without them, with the value those runs used: a
 # workdir from before resumes as long as the field keeps that value.
 ADDED_FIELDS = {"optim.b1": 0.9, "optim.b2": 0.999, "optim.ema_decay": 0.0,
-                "optim.label_smoothing": 0.0, "augment.clean_final_epochs": 0}
+                "optim.label_smoothing": 0.0, "augment.clean_final_epochs": 0,
+                "model.kernel_size": 3}
 
 
 def check_resumable(config, workdir: Workdir) -> None:
@@ -285,8 +295,9 @@ def check_resumable(config, workdir: Workdir) -> None:
         raise FlaxDigitsError(
             f"{workdir.config_file}: missing, so the checkpoints in {workdir} cannot be "
             f"matched to a config; use a new --workdir")
-    saved = {**ADDED_FIELDS, **flatten(saved)}
     current = flatten(json.loads(config.to_json_best_effort()))
+    # (An added field only where the config has it: model fields belong to some models.)
+    saved = {**{k: v for k, v in ADDED_FIELDS.items() if k in current}, **flatten(saved)}
     differ = sorted(k for k in set(saved) | set(current)
                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
     if differ:

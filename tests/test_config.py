@@ -55,6 +55,8 @@ BAD_VALUES = [
     ("model.block_features", (48, 96, 96, 96), "has 4 blocks, but each halves the image and "
                                                "'deep_cnn' has room for 3 at most"),
     ("model.convs_per_block", 0, "config.model.convs_per_block=0 must be an integer >= 1"),
+    ("model.kernel_size", 4, "config.model.kernel_size=4 must be an odd integer from 1 to 13"),
+    ("model.kernel_size", 15, "must be an odd integer from 1 to 13"),
     ("augment.rotation_degrees", -5.0, "config.augment.rotation_degrees=-5.0 must be a "
                                        "number in [0, 180]"),
     ("augment.scale", 1.5, "config.augment.scale=1.5 must be a number in [0, 1)"),
@@ -76,7 +78,8 @@ BAD_VALUES = [
 ]
 
 # The config each model field's row is tried on: the one whose model takes the field.
-MODEL_OF_FIELD = {"stem_features": deep, "block_features": deep, "convs_per_block": deep}
+MODEL_OF_FIELD = {"stem_features": deep, "block_features": deep, "convs_per_block": deep,
+                  "kernel_size": deep}
 
 
 def with_value(module, dotted, value):
@@ -180,6 +183,18 @@ def test_a_workdir_from_before_a_field_was_added_resumes_with_its_old_value(tmp_
     config_lib.check_resumable(tiny_config(), workdir)
     with pytest.raises(FlaxDigitsError, match=r"optim.b1 \(saved 0.9, now 0.7\)"):
         config_lib.check_resumable(tiny_config(**{"optim.b1": 0.7}), workdir)
+
+    # A model field added later: only for the models that take it.
+    from configs import deep as deep_config
+
+    old_deep = deep_config.get_config()
+    del old_deep.model["kernel_size"]
+    workdir.write_config(old_deep)
+    config_lib.check_resumable(deep_config.get_config(), workdir)
+    with pytest.raises(FlaxDigitsError, match=r"model.kernel_size \(saved 3, now 5\)"):
+        changed = deep_config.get_config()
+        changed.model.kernel_size = 5
+        config_lib.check_resumable(changed, workdir)
 
 
 def test_resuming_refuses_other_training_settings_and_names_them(tmp_path):

@@ -56,3 +56,23 @@ def test_one_after_another_by_default_on_every_core(tmp_path, synthetic_dir):
     log = (tmp_path / "ens" / "member_1.log").read_text()
     devices = runtime.cpu_device_count(len(os.sched_getaffinity(0)), (32, 64))
     assert f"CpuDevice(id={devices - 1})]" in log  # launch.py's own layout: every core
+
+
+def test_the_ensemble_benchmark_scores_members_and_prefixes(trained):
+    workdir = str(trained["workdir"])
+    result = subprocess.run(
+        [sys.executable, "benchmarks/ensemble.py", workdir, workdir, "--tta_views=1,3",
+         f"--data_dir={trained['data_dir']}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines()]
+    alone = [row for row in rows if row[0] == "work"]
+    together = [row for row in rows if row[:2] == ["k", "="]]
+    assert len(alone) == 2 and len(together) == 1
+    # The report of training is the member alone with 1 view; the same model twice is itself.
+    assert float(alone[0][-2]) == trained["final"]["report"]["accuracy"]
+    assert together[0][-2:] == alone[0][-2:]
+
+    bad = subprocess.run([sys.executable, "benchmarks/ensemble.py", workdir, "--tta_views=0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "want numbers from 1 to 9" in bad.stderr

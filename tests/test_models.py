@@ -52,6 +52,19 @@ def test_create_model_by_name_and_from_a_config():
     assert isinstance(model, models.DeepCNN) and model.block_features == (48, 96)
 
 
+def test_deep_cnn_kernel_size_sets_the_blocks_kernels_not_the_stems():
+    images = jnp.zeros((2, 28, 28, 1))
+    for kernel in (3, 5, 7):
+        model = models.DeepCNN(kernel_size=kernel)
+        variables = jax.eval_shape(model.init, jax.random.key(0), images)
+        shapes = {"/".join(str(getattr(k, "key", k)) for k in path): leaf.shape
+                  for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])}
+        assert shapes["Conv_0/kernel"] == (5, 5, 1, 32)  # the stem
+        assert shapes["Conv_1/kernel"] == (kernel, kernel, 32, 48)
+        assert shapes["Conv_4/kernel"] == (kernel, kernel, 96, 96)
+        assert model.apply(jax.tree.map(jnp.zeros_like, variables), images).shape == (2, 10)
+
+
 @pytest.mark.slow  # a subprocess
 def test_importing_models_pulls_in_no_data_or_launcher_stack():
     # flax itself imports absl.logging (and so absl.flags' module); what must not happen is
