@@ -4,14 +4,15 @@
         --members=3 [--at_once=2] [--config.data.dir=DIR ...]
 
 Member i is `launch.py --config.seed=<first_seed + i>` in `runs/ensemble/member_<i>`, the
-other `--config.*` flags passed on as they are. `--at_once=1` (the default) trains them one after another, each on every core (one JAX
-device per core, launch.py's default). `--at_once=N` trains N at a time, each pinned to its
-own core with single-threaded XLA, so that they never fight over a core, and with
-PINNED_DEVICES_PER_CORE JAX devices on that core (smaller per-device batches stay in the
-core's cache). On the 2-core development CPU, DeepCNN (configs/accurate.py, batch 128) ran
-at 7.6 steps/s in each of two pinned processes (15.2 together) against 13.6-14.5 steps/s in
-one process on both cores; with one device per pinned process it was 5.1 each. Each
-member's log says its steps/s: measure on your machine before choosing.
+other `--config.*` flags passed on as they are. `--at_once=1` (the default) trains them one
+after another, each on every core (one JAX device per core, launch.py's default).
+`--at_once=N` trains N at a time, each pinned to its own core with single-threaded XLA, so
+that they never fight over a core, and with PINNED_DEVICES_PER_CORE JAX devices on that core
+(smaller per-device batches stay in the core's cache). On the 2-core development CPU,
+DeepCNN (configs/accurate.py, batch 128) ran at 7.6-8.0 steps/s in each of two pinned
+processes against 13.6-14.5 steps/s in one process on both cores (4 members: 2,448 s side
+by side, 2,991 s one after another); with one device per pinned process it was 5.0-5.3
+each. Each member's log says its steps/s.
 `--own_splits` gives member i `--config.data.split_seed=<its seed>`: each member holds out
 its own validation examples (and chooses its checkpoint on them), so that the members see
 different training data and, together, every example.
