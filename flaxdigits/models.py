@@ -93,8 +93,8 @@ class DeepCNN(nn.Module):
 
     A 5x5 stride-2 stem (to 14x14), then one block per entry of `block_features`, each
     `convs_per_block` x (conv `kernel_size` x `kernel_size` -> BN -> relu) and a 2x2
-    max-pool, then dense -> BN -> relu -> dropout -> dense. Other kernel sizes make
-    ensemble members that differ more than seeds do (An et al. 2020 use 3, 5 and 7). BatchNorm uses batch statistics with `train=True` (pass
+    max-pool, then dense -> BN -> relu -> dropout -> dense (An et al. 2020 ensemble kernel
+    sizes 3, 5 and 7). BatchNorm uses batch statistics with `train=True` (pass
     mutable=['batch_stats']) and the running averages otherwise.
     """
 

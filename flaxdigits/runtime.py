@@ -56,6 +56,7 @@ def use_cpu_cores(*batch_sizes: int, processes: int = 1) -> int:
 
 
 def devices_per_core() -> int:
+    """$DEVICES_PER_CORE, checked (1 where unset)."""
     text = os.environ.get(DEVICES_PER_CORE, "1")
     if not text.strip().isdigit() or not 1 <= int(text) <= 64:
         raise FlaxDigitsError(f"${DEVICES_PER_CORE}={text!r}: want a whole number from 1 to 64")

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 def test_members_train_side_by_side_pinned_and_score_as_an_ensemble(tmp_path, synthetic_dir):
     result = subprocess.run(
         [sys.executable, "-m", "flaxdigits.ensemble", "--config=configs/tiny.py",
-         f"--workdir={tmp_path / 'ens'}", "--members=3", "--first_seed=5", "--at_once=2", "--own_splits",
-         f"--config.data.dir={synthetic_dir}"],
+         f"--workdir={tmp_path / 'ens'}", "--members=3", "--first_seed=5", "--at_once=2",
+         "--own_splits", f"--config.data.dir={synthetic_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     members = ensemble.member_dirs(tmp_path / "ens", 3)
