@@ -95,7 +95,12 @@ def raise_on_signal(signum, frame):
     from flaxdigits.training import hooks
 
     hooks.note_signal(signum)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    raise stop_exception(signum)
+
+
+def stop_exception(signum) -> BaseException:
+    """What a stop signal raises: Terminated for SIGTERM, KeyboardInterrupt for SIGINT."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def quiet_dropped_signals(unraisable, default_hook=sys.unraisablehook):
@@ -147,7 +152,7 @@ def main(argv):
 
         dropped = hooks.noted_signal()  # a signal whose exception Python dropped
         if dropped is not None:
-            raise Terminated() if dropped == signal.SIGTERM else KeyboardInterrupt()
+            raise stop_exception(dropped)
     except RunStopped as e:
         stop(f"flaxdigits: {e}", e.exit_code, several)
     except (KeyboardInterrupt, Terminated) as e:
