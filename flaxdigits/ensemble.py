@@ -83,7 +83,8 @@ def train_members(config: str, workdir, members: int, first_seed: int = 0,
                 if core not in running and waiting:
                     index, path = waiting.pop(0)
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    log = open(path.parent / f"{path.name}.log", "w")
+                    # Appended: a rerun that resumes keeps the log of the run it resumes.
+                    log = open(path.parent / f"{path.name}.log", "a")
                     pinned = core is not None
                     where = f"pinned to core {core}" if pinned else "on every core"
                     log.write(f"member {index} (seed {first_seed + index}) {where}\n")
