@@ -52,6 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.rotation_degrees = 0.0  # each digit turned by up to this, either way
     config.augment.scale = 0.0  # resized by a factor in [1 - scale, 1 + scale]
     config.augment.translation_pixels = 0.0  # moved by up to this along each axis
+    # Elastic distortion (Simard et al. 2003): smooth random displacements, alpha pixels
+    # times uniform noise smoothed by a Gaussian of sigma pixels; 34 and 4 are Simard's.
+    config.augment.elastic_alpha = 0.0
+    config.augment.elastic_sigma = 4.0
     config.augment.clean_final_epochs = 0  # the last epochs train on the digits as they are
 
     # How evaluate, predict and the end-of-training report predict

@@ -118,6 +118,8 @@ FIELDS: dict[str, Rule] = {
     "augment.rotation_degrees": number(0, 180),
     "augment.scale": number(0, 1, high_open=True),
     "augment.translation_pixels": number(0, IMAGE_SIDE / 2),
+    "augment.elastic_alpha": number(0, 100),
+    "augment.elastic_sigma": number(0.5, 20),
     "augment.clean_final_epochs": integer(0),
     "inference.tta_views": integer(1, len(augment.TTA_VIEWS)),
     "inference.ensemble_workdirs": workdirs,
@@ -285,7 +287,8 @@ RESUMABLE_CHANGES = frozenset({
 # workdir from before resumes as long as the field keeps that value.
 ADDED_FIELDS = {"optim.b1": 0.9, "optim.b2": 0.999, "optim.ema_decay": 0.0,
                 "optim.label_smoothing": 0.0, "augment.clean_final_epochs": 0,
-                "model.kernel_size": 3}
+                "model.kernel_size": 3, "augment.elastic_alpha": 0.0,
+                "augment.elastic_sigma": 4.0}
 
 
 def check_resumable(config, workdir: Workdir) -> None:

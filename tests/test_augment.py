@@ -1,4 +1,5 @@
-"""flaxdigits/augment.py: random rotation, scaling and translation on the device."""
+"""flaxdigits/augment.py: random rotation, scaling, translation and elastic distortion on
+the device."""
 
 import jax
 import jax.numpy as jnp
@@ -77,3 +78,42 @@ def test_each_transform_does_what_it_says():
     mass, row, col = mass_and_centre(turned)
     assert mass == pytest.approx(64, rel=0.05)
     assert (row, col) == pytest.approx((13.5, 13.5), abs=0.05)
+
+
+ELASTIC = augment.Strength(elastic_alpha=34.0, elastic_sigma=4.0)
+augment_batch = jax.jit(augment.augment_batch, static_argnums=2)  # one compilation, not many
+
+
+def test_elastic_displacement_is_smooth_and_scales_with_alpha():
+    field = np.asarray(augment.elastic_displacement(jax.random.key(0), 28, 28, 34.0, 4.0))
+    assert field.shape == (2, 28, 28)
+    rms = np.sqrt(np.mean(field ** 2))
+    assert 0.8 < rms < 3.0  # Simard's 34 and 4: pixels move by a pixel or two
+    # Smooth: neighbours move almost alike (raw uniform noise would differ by ~0.8 alpha).
+    step = np.abs(np.diff(field, axis=1)).mean() + np.abs(np.diff(field, axis=2)).mean()
+    assert step < 0.3 * rms
+    half = np.asarray(augment.elastic_displacement(jax.random.key(0), 28, 28, 17.0, 4.0))
+    np.testing.assert_allclose(half, field / 2, rtol=1e-5, atol=1e-6)
+    # A larger sigma is smoother still.
+    smoother = np.asarray(augment.elastic_displacement(jax.random.key(0), 28, 28, 34.0, 8.0))
+    assert np.abs(np.diff(smoother, axis=1)).mean() < np.abs(np.diff(field, axis=1)).mean()
+
+
+def test_elastic_distortion_bends_each_digit_its_own_way():
+    images = jnp.repeat(digits(1), 6, axis=0)
+    out = np.asarray(augment_batch(jax.random.key(0), images, ELASTIC))
+    assert out.shape == images.shape and out.min() >= 0.0 and out.max() <= 1.0
+    changed = np.abs(out - np.asarray(images)).mean(axis=(1, 2, 3))
+    assert (changed > 0.005).all() and len({round(float(x), 5) for x in changed}) == 6
+    # The ink stays roughly where it was: a bend, not a move off the canvas.
+    assert out.sum() == pytest.approx(float(images.sum()), rel=0.15)
+    assert augment.from_config(tiny_config(**{"augment.elastic_alpha": 34.0})) == ELASTIC
+
+
+def test_elastic_draws_leave_the_affine_draws_as_they_were():
+    # Runs without elastic distortion augment as before it existed: its noise has a key
+    # stream of its own, so a near-zero alpha gives the affine-only images.
+    images = digits()
+    affine = augment_batch(jax.random.key(5), images, STRONG)
+    barely = augment_batch(jax.random.key(5), images, STRONG._replace(elastic_alpha=1e-6))
+    np.testing.assert_allclose(barely, affine, atol=1e-4)

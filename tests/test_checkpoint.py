@@ -49,7 +49,8 @@ def assert_identical(params_a, params_b):
 
 BATCHNORM_AND_AUGMENTATION = {
     "model.name": "fast_cnn", "augment.rotation_degrees": 10.0, "augment.scale": 0.1,
-    "augment.translation_pixels": 2.0, "optim.schedule": "one_cycle"}
+    "augment.translation_pixels": 2.0, "augment.elastic_alpha": 20.0,
+    "optim.schedule": "one_cycle"}
 
 
 # The accuracy recipe: a parameters' average in the state, smoothed targets, a clean last

@@ -29,6 +29,10 @@ BAD_VALUES = [
     ("augment.clean_final_epochs", -1, "config.augment.clean_final_epochs=-1 must be an "
                                        "integer >= 0"),
     ("augment.clean_final_epochs", 99, "must be at most config.num_epochs"),
+    ("augment.elastic_alpha", -1.0, "config.augment.elastic_alpha=-1.0 must be a number in "
+                                    "[0, 100]"),
+    ("augment.elastic_sigma", 0.0, "config.augment.elastic_sigma=0.0 must be a number in "
+                                   "[0.5, 20]"),
     ("optim.ema_decay", 1.0, "config.optim.ema_decay=1.0 must be a number in [0, 1)"),
     ("optim.label_smoothing", -0.1, "config.optim.label_smoothing=-0.1 must be a number in "
                                     "[0, 1)"),
