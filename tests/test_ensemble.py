@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -76,3 +77,34 @@ def test_the_ensemble_benchmark_scores_members_and_prefixes(trained):
     bad = subprocess.run([sys.executable, "benchmarks/ensemble.py", workdir, "--tta_views=0"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "want numbers from 1 to 9" in bad.stderr
+
+
+def test_the_ensemble_benchmark_scores_the_validation_digits_the_members_held_out(trained,
+                                                                                 tmp_path):
+    workdir = trained["workdir"]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/ensemble.py", str(workdir), "--tta_views=1",
+         "--split=validation", f"--data_dir={trained['data_dir']}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "MNIST validation accuracy (599 digits)" in result.stdout  # 10% of each class
+    member = next(line.split() for line in result.stdout.splitlines() if line.startswith("work"))
+    step = int(member[member.index("step") + 1].rstrip(")"))
+    # What training measured on its validation digits at that checkpoint.
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    measured = next(r["val_accuracy"] for r in records if r["step"] == step and "epoch" in r)
+    assert float(member[-1]) == pytest.approx(measured, abs=5e-5)
+
+    # A member that held out other digits has trained on some of these: refused.
+    other = tmp_path / "other_split"
+    shutil.copytree(workdir, other)
+    saved = json.loads((other / "config.json").read_text())
+    saved["data"]["split_seed"] = 7
+    (other / "config.json").write_text(json.dumps(saved))
+    refused = subprocess.run(
+        [sys.executable, "benchmarks/ensemble.py", str(workdir), str(other), "--tta_views=1",
+         "--split=validation", f"--data_dir={trained['data_dir']}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "needs workdirs that held out the same validation digits" in refused.stderr
+    assert "split_seed 7" in refused.stderr and "Traceback" not in refused.stderr
