@@ -92,9 +92,9 @@ def raise_on_signal(signum, frame):
     while it runs a garbage-collection or finalizer callback ("Exception ignored in ..."),
     so the signal is also noted: the training loop honours a noted signal with a
     checkpoint, and main() after the run."""
-    from flaxdigits.training import hooks
+    from flaxdigits import runtime
 
-    hooks.note_signal(signum)
+    runtime.note_signal(signum)
     raise stop_exception(signum)
 
 
@@ -148,9 +148,7 @@ def main(argv):
             serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
         else:
             print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
-        from flaxdigits.training import hooks
-
-        dropped = hooks.noted_signal()  # a signal whose exception Python dropped
+        dropped = runtime.noted_signal()  # a signal whose exception Python dropped
         if dropped is not None:
             raise stop_exception(dropped)
     except RunStopped as e:

@@ -15,6 +15,11 @@ default, in $FLAXDIGITS_CACHE/jax or ~/.cache/flaxdigits/jax; `launch.py
 Several processes (hosts): `join_processes` makes this process one of a multi-process run
 (jax.distributed) before JAX starts; the devices of every process then form one mesh, and
 only the primary process (index 0) writes the workdir's files.
+
+Noted signals: a program's own SIGTERM/SIGINT handler (launch.py's) records each signal here
+as well as raising, because Python drops an exception raised while it runs a finalizer or a
+garbage-collection callback; the training loop (training/hooks.StopSignals) and the server's
+loop (serving/app.run_until_stopped) stop on a noted signal too.
 """
 
 import logging
@@ -166,3 +171,21 @@ def enable_compilation_cache(directory: Optional[str] = None) -> Optional[pathli
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     _chosen["path"] = path
     return path
+
+
+_noted: list = []  # stop signals a program's own handler saw (launch.py's), oldest first
+
+
+def note_signal(signum: int) -> None:
+    """Records that a stop signal arrived (see the module docstring)."""
+    _noted.append(signum)
+
+
+def noted_signal() -> Optional[int]:
+    """The first stop signal noted and not yet honoured, or None."""
+    return _noted[0] if _noted else None
+
+
+def forget_noted_signals() -> None:
+    """The noted signals were honoured (a run stopped for them)."""
+    _noted.clear()

@@ -202,13 +202,13 @@ def test_a_noted_stop_signal_ends_the_server_loop(monkeypatch):
 
     import waitress.server
 
-    from flaxdigits.training import hooks
+    from flaxdigits import runtime
 
-    monkeypatch.setattr(hooks, "_noted", [])
+    monkeypatch.setattr(runtime, "_noted", [])
     server = waitress.server.create_server(app_lib.create_app(MeanBrightnessModel()),
                                            host="127.0.0.1", port=0,
                                            **app_lib.server_settings(threads=1))
-    threading.Timer(0.2, hooks.note_signal, args=(15,)).start()
+    threading.Timer(0.2, runtime.note_signal, args=(15,)).start()
     backstop = threading.Timer(20, server.close)  # the test ends even when the loop does not
     backstop.start()
     start = time.monotonic()

@@ -5,6 +5,7 @@ import signal
 import numpy as np
 import pytest
 
+from flaxdigits import runtime
 from flaxdigits.errors import FlaxDigitsError
 from flaxdigits.training import hooks
 from flaxdigits.workdir import Workdir
@@ -80,9 +81,9 @@ def test_one_process_stops_at_once_and_names_the_signal():
 def test_a_signal_noted_before_the_loop_stops_it_at_once_and_only_once():
     """launch.py notes the signals its handler sees: Python drops the exception a handler
     raises inside a garbage-collection callback, and the loop must still stop."""
-    hooks.note_signal(signal.SIGTERM)
+    runtime.note_signal(signal.SIGTERM)
     with hooks.StopSignals() as stop:
         assert stop.agreed(1, 10) == signal.SIGTERM
-    assert hooks.noted_signal() is None  # honoured: the next run starts clean
+    assert runtime.noted_signal() is None  # honoured: the next run starts clean
     with hooks.StopSignals() as stop:
         assert stop.agreed(1, 10) is None

@@ -177,9 +177,9 @@ def run_until_stopped(server) -> None:
     time, until a stop signal. A signal handler's exception ends it at once; but Python
     drops one raised while a finalizer runs (a socket closed by the garbage collector), and
     the handler notes the signal for that case (launch.py), which is checked between polls."""
-    from flaxdigits.training import hooks
+    from flaxdigits import runtime
 
-    while server._map and hooks.noted_signal() is None:
+    while server._map and runtime.noted_signal() is None:
         server.asyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=server._map,
                              use_poll=server.adj.asyncore_use_poll, count=1)
 

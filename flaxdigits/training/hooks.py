@@ -11,6 +11,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from flaxdigits import runtime
 from flaxdigits.errors import FlaxDigitsError
 from flaxdigits.workdir import Workdir
 
@@ -210,18 +211,6 @@ class Profiler:
                      traces[-1] if traces else self.folder)
 
 
-_noted: list = []  # signals a program's own handler saw (launch.py's), oldest first
-
-
-def note_signal(signum: int) -> None:
-    """Records that a stop signal arrived outside the training loop (see StopSignals)."""
-    _noted.append(signum)
-
-
-def noted_signal() -> Optional[int]:
-    return _noted[0] if _noted else None
-
-
 class StopSignals:
     """Within `with`, SIGTERM and SIGINT ask the loop to stop after the current step.
 
@@ -261,7 +250,7 @@ class StopSignals:
         return name if self.received == signum else f"{name} (sent to another process)"
 
     def __enter__(self):
-        noted = noted_signal()
+        noted = runtime.noted_signal()
         if noted is not None and self.received is None:  # it came before the loop
             self._handle(noted, None)
         if threading.current_thread() is threading.main_thread():  # signals need the main one
@@ -269,6 +258,6 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc):
-        _noted.clear()  # honoured by this loop: a later run in the same process starts clean
+        runtime.forget_noted_signals()  # honoured: a later run in this process starts clean
         for s, handler in self.previous.items():
             signal.signal(s, handler)
