@@ -7,9 +7,9 @@ DeepCNN and augmentation as in deep.py (up to 10 degrees, 10%, 2 pixels); 22 epo
 which the last on the digits as they are (Matuzas77's final clean epoch); label smoothing
 0.1; Adam one-cycle to 3e-3; a moving average of the parameters (decay 0.999, as An et al.
 2020) is what validation, the checkpoints' inference and the report use. The best
-checkpoint is chosen by validation only, and so was each ingredient: the stronger 15 degrees /
-15% / 3 px of the anchors' recipes and elastic distortion scored lower on validation (the
-README's table, seeds 0-2).
+checkpoint is chosen by validation only, and so was each ingredient (the README's table):
+the anchors' stronger 15 degrees / 15% / 3 px scored lower on validation over seeds 0-2, and
+elastic distortion lower with seed 0.
 """
 
 from configs import deep
