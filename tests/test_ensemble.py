@@ -34,7 +34,7 @@ def test_members_train_side_by_side_pinned_and_score_as_an_ensemble(tmp_path, sy
         assert "pinned to core" in log
     command = result.stdout.strip().splitlines()[-1].strip()
     assert command.startswith("python launch.py --config=configs/tiny.py")
-    evaluated = run_launch(f"--config=configs/tiny.py", f"--workdir={members[0]}",
+    evaluated = run_launch("--config=configs/tiny.py", f"--workdir={members[0]}",
                            "--mode=evaluate", f"--config.data.dir={synthetic_dir}",
                            f"--config.inference.ensemble_workdirs=('{members[1]}', "
                            f"'{members[2]}')")
