@@ -1,0 +1,190 @@
+"""Reading whole numbers: whole-number accuracy by kind and length, beside a naive reader.
+
+    python benchmarks/numbers.py --workdir=runs/page [--per_case=20] [--split=test]
+
+Builds numbers of 1-6 digits from MNIST *test* digits (or, with --split=validation, from the
+validation digits that configs hold out of training: the place to choose the reading's
+settings), with flaxdigits.testing.number_cases (its own seed; deterministic): spaced, close
+and touching; a thin pen and a round brush; dark on light and light on dark; canvases 400-1000
+px wide. Prints, per kind and length, the share of numbers read whole and right (a digit
+wrong, missing or extra makes the number wrong) by flaxdigits' reading and, in the same run,
+by a naive reader (connected components only, each read as one digit: no joining, no
+splitting), then the latency of reading a 6-digit image.
+"""
+
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# This file's name is also the standard library's `numbers` (which numpy imports): the
+# repository, not this folder, goes first on the path.
+sys.path[0] = str(REPO)
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from flaxdigits import data, testing  # noqa: E402
+from flaxdigits.serving import preprocess, reading  # noqa: E402
+
+SEEDS = {"test": 2026, "validation": 7}  # the generator's seed per source of digits
+
+
+def naive_read(gray: np.ndarray, classify) -> str:
+    """Connected components, left to right, each prepared and read as one digit."""
+    from scipy import ndimage
+
+    ink = preprocess.ink_on_dark(gray)
+    mask = ink > preprocess.INK_LEVEL * ink.max()
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    boxes = [b for b in ndimage.find_objects(labels)]
+    order, images = [], []
+    for index, box in enumerate(boxes):
+        own = np.where(labels[box] == index + 1, ink[box], 0.0)
+        if np.count_nonzero(own) < preprocess.MIN_INK_PIXELS:
+            continue
+        order.append(box[1].start)
+        images.append(preprocess.mnist_box(own))
+    if not images:
+        return ""
+    probabilities = classify(np.stack(images))
+    return "".join(str(int(probabilities[i].argmax())) for i in np.argsort(order))
+
+
+def digits_of(split: str, data_dir: str):
+    folder = pathlib.Path(data_dir) if data_dir else testing.mnist_folder(REPO)
+    raw, _ = data.load_folder(folder)
+    if split == "test":
+        return raw.test_images, raw.test_labels
+    _, held_out = data.stratified_split(raw.train_labels, 0.1, 0)  # configs' default split
+    return raw.train_images[held_out], raw.train_labels[held_out]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="a trained workdir")
+    parser.add_argument("--data_dir", default="", help="MNIST IDX files; default: "
+                        "../shared/data/mnist, else flaxdigits' cache")
+    parser.add_argument("--split", default="test", choices=sorted(SEEDS))
+    parser.add_argument("--per_case", type=int, default=20, help="numbers per kind and length")
+    parser.add_argument("--latency_runs", type=int, default=50)
+    parser.add_argument("--show_errors", type=int, default=0)
+    parser.add_argument("--tune", action="store_true", help="search reading.Costs on these "
+                        "numbers (use --split=validation) and print the best")
+    args = parser.parse_args()
+
+    images, labels = digits_of(args.split, args.data_dir)
+    cases = testing.number_cases(images, labels, args.per_case, seed=SEEDS[args.split])
+    reader = reading.Reader.from_workdir(args.workdir)
+    if args.tune:
+        return tune(cases, reader)
+    right = collections.defaultdict(lambda: [0, 0, 0])  # (kind, length) -> ours, naive, n
+    errors = []
+    for case in cases:
+        try:
+            ours = reader.read(case["image"]).number
+        except preprocess.BadInput as e:
+            ours = f"({e})"
+        naive = naive_read(case["image"], reader.classify)
+        tally = right[case["kind"], case["length"]]
+        tally[0] += ours == case["number"]
+        tally[1] += naive == case["number"]
+        tally[2] += 1
+        if ours != case["number"]:
+            errors.append((case, ours))
+
+    print(f"{args.workdir}: {len(cases)} numbers from MNIST {args.split} digits "
+          f"(seed {SEEDS[args.split]})")
+    lengths = sorted({length for _, length in right})
+    print(f"| kind | {' | '.join(f'{n} digits' for n in lengths)} | all (naive) |")
+    print("| --- |" + " --- |" * (len(lengths) + 1))
+    for kind in testing.NUMBER_KINDS:
+        cells, total = [], [0, 0, 0]
+        for n in lengths:
+            ours, naive, count = right[kind, n]
+            cells.append(f"{ours / count:.2f} ({naive / count:.2f})")
+            total = [t + v for t, v in zip(total, (ours, naive, count))]
+        print(f"| {kind} | {' | '.join(cells)} | **{total[0] / total[2]:.3f}** "
+              f"({total[1] / total[2]:.3f}) |")
+    by_style = collections.defaultdict(lambda: [0, 0])
+    for case in cases:
+        key = (case["stroke"], "light on dark" if case["light_on_dark"] else "dark on light")
+        by_style[key][1] += 1
+    for case, _ in errors:
+        key = (case["stroke"], "light on dark" if case["light_on_dark"] else "dark on light")
+        by_style[key][0] += 1
+    print("right by style: " + ", ".join(
+        f"{s} {p}: {1 - wrong / n:.3f}" for (s, p), (wrong, n) in sorted(by_style.items())))
+    for case, ours in errors[:args.show_errors]:
+        print(f"  {case['kind']} {case['stroke']} {case['number']} read {ours}")
+
+    six = [c for c in cases if c["length"] == 6 and c["kind"] == "touching"] or cases
+    times = []
+    for run in range(args.latency_runs):
+        image = six[run % len(six)]["image"]
+        start = time.perf_counter()
+        try:
+            reader.read(image)
+        except preprocess.BadInput:
+            pass
+        times.append(time.perf_counter() - start)
+    times = np.array(times) * 1000
+    print(f"latency of reading a 6-digit touching image ({len(times)} runs, one client, in "
+          f"process): p50 {np.percentile(times, 50):.1f} ms, p99 {np.percentile(times, 99):.1f} "
+          f"ms, max {times.max():.1f} ms")
+
+
+def reachable(found: reading.Candidates, number: str) -> bool:
+    """Whether some partition of the candidates reads `number` (the cuts allow it)."""
+    states = {(0, 0)}
+    labels = found.probabilities.argmax(axis=1)
+    frontier = [(0, 0)]
+    while frontier:
+        at, k = frontier.pop()
+        if at == found.slices and k == len(number):
+            return True
+        if at == found.slices:
+            continue
+        nexts = [(at + 1, k)]  # a slice left out
+        nexts += [(s.last, k + 1) for i, s in enumerate(found.segments)
+                  if s.first == at and k < len(number) and str(labels[i]) == number[k]]
+        for state in nexts:
+            if state not in states:
+                states.add(state)
+                frontier.append(state)
+    return False
+
+
+def tune(cases, reader) -> None:
+    """Every case's candidates once, then the costs of a grid over them."""
+    import itertools
+
+    found = []
+    for case in cases:
+        try:
+            found.append((case, reading.candidates(case["image"], reader.classify)))
+        except preprocess.BadInput:
+            found.append((case, None))
+    possible = sum(f is not None and reachable(f, c["number"]) for c, f in found)
+    print(f"{len(cases)} numbers; the right number is among the candidates of {possible}")
+    grid = dict(digit=(0.0, 0.3, 1.0), cut=(0.5, 1.0, 2.0, 3.0), join=(0.5, 1.0, 2.0, 4.0),
+                wide=(3.0, 8.0), wide_from=(1.0, 1.25), short=(3.0, 6.0))
+    results = []
+    for values in itertools.product(*grid.values()):
+        costs = reading.Costs(**dict(zip(grid, values)))
+        right = collections.Counter()
+        for case, f in found:
+            if f is not None and reading.choose(f, costs).number == case["number"]:
+                right[case["kind"]] += 1
+        results.append((sum(right.values()), dict(right), costs))
+    results.sort(key=lambda r: -r[0])
+    for total, right, costs in results[:8]:
+        print(total, right, costs)
+    default = next(r for r in results if r[2] == reading.Costs())
+    print("default:", default[0], default[1])
+
+
+if __name__ == "__main__":
+    main()

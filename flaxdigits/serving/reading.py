@@ -1,0 +1,472 @@
+"""Reading a number: a grayscale image holding digits written on one line -> its digits,
+left to right, each with its probability, its box and the 28x28 image the model saw.
+
+    reader = reading.Reader.from_workdir("runs/page")
+    result = reader.read(gray)            # gray: (H, W) in 0..255, either polarity
+    result.number                         # "2026" (leading zeros kept: "07" is two digits)
+    [(d.label, d.probability, d.box) for d in result.digits]
+
+How (segmentation by recognition; Casey & Lecolinet 1996):
+  1. the ink (preprocess.ink_on_dark) is split into connected components (scipy.ndimage);
+     specks and ruled lines are dropped;
+  2. the pieces of one digit are joined: pieces one above the other (a 5's detached top, a
+     4 or a 7 written in two strokes) and fragments much shorter than the line of digits
+     next to their nearest neighbour;
+  3. each part gets candidate cuts (the valleys of its column profile, and an even grid
+     where a part is wide and has none), which slice it into narrow columns;
+  4. every run of consecutive slices that could be one digit is prepared as MNIST's digits
+     were (preprocess.mnist_box) and all of them are classified in one batched call;
+  5. a dynamic programme picks the partition of the slices into digits whose cost is least:
+     each digit costs -log(its probability), plus penalties for shapes no digit has (wider
+     than tall, much shorter than its neighbours), plus a small price per digit.
+A single digit is a number of length 1: the same path reads it.
+"""
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple, Optional
+
+import numpy as np
+
+from flaxdigits import IMAGE_SIDE
+from flaxdigits.serving import preprocess
+from flaxdigits.serving.preprocess import BadInput
+
+MAX_DIGITS = 32  # a number longer than this is refused (422), not read for seconds
+WORK_SIDE = 1200  # an image whose longer side exceeds this is shrunk before reading
+# Thresholds, in units of the line's height H (the tallest part's height):
+SPECK_SIDE = 0.2  # a part narrower and lower than this (and tiny in area) is a speck
+FRAGMENT_HEIGHT = 0.5  # a part lower than this is a piece of a neighbouring digit ...
+FRAGMENT_REACH = 0.35  # ... joined to its neighbour when the gap is within this
+MAX_DIGIT_WIDTH = 1.3  # no digit is wider than this
+MIN_CUT_STEP = 0.12  # candidate cuts at least this far apart
+MAX_SLICE_WIDTH = 0.3  # a part's slices are at most this wide (grid cuts where needed)
+JOIN_GAP = 0.3  # separate parts are only read as one digit across gaps up to this
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """What each choice costs in the partition of an image's slices into digits. Chosen on
+    validation strings (`benchmarks/numbers.py --split=validation --tune --per_case=8`,
+    configs/page.py's model, 2026-12-02: 107 of 144 numbers right, 101 with the first
+    guesses), never on the test digits."""
+
+    digit: float = 0.0  # per digit
+    cut: float = 1.0  # per straight cut through ink: a cut has to earn its keep
+    join: float = 0.5  # per gap between separate parts read as one digit
+    # Per unit of width/height beyond wide_from (1% of MNIST's digits are wider than 1.43
+    # times their height, 5% wider than 1.25).
+    wide: float = 3.0
+    wide_from: float = 1.0
+    short: float = 3.0  # per unit of height/H below short_from
+    short_from: float = 0.55
+    skip: float = 6.0  # leaving a slice out of every digit
+
+    def of(self, probability: float, segment, height: int) -> float:
+        """What reading `segment` as one digit costs (lower is likelier); a cut is shared
+        by the digits on either side of it."""
+        return (-np.log(max(probability, 1e-9)) + self.digit + self.cut * segment.cuts / 2
+                + self.join * segment.joins
+                + self.wide * max(0.0, segment.aspect - self.wide_from)
+                + self.short * max(0.0, self.short_from - segment.rel_height / height))
+
+
+Classify = Callable[[np.ndarray], np.ndarray]  # (N, 28, 28) in [0, 1] -> (N, 10)
+
+
+class Digit(NamedTuple):
+    label: int
+    probability: float
+    box: tuple  # (x0, y0, x1, y1) in the image's own pixels; x1 and y1 exclusive
+    image: np.ndarray  # (28, 28) float32 in [0, 1]: what the model saw
+    probabilities: np.ndarray  # (10,)
+
+
+class Reading(NamedTuple):
+    number: str  # the digits, left to right
+    digits: tuple  # of Digit, left to right
+
+    @property
+    def most_confident(self) -> Digit:
+        return max(self.digits, key=lambda d: d.probability)
+
+
+def read(gray: np.ndarray, classify: Classify, costs: "Costs" = None) -> Reading:
+    """The number in `gray` (H, W), values in 0..255, dark-on-light or light-on-dark.
+    `classify` maps a batch of MNIST-style digits to probabilities (it is called once).
+    Raises BadInput (422) where no digit is found or there are more than MAX_DIGITS."""
+    return choose(candidates(gray, classify), costs or Costs())
+
+
+class Candidates(NamedTuple):
+    """Every way of reading an image's ink as digits, each way classified."""
+
+    segments: list  # of Segment
+    probabilities: np.ndarray  # (len(segments), 10)
+    slices: int  # how many slices the segments cover
+    height: int  # the line's height, in the (shrunk) image's pixels
+    scale: float  # the (shrunk) image's size / the image's
+
+
+def candidates(gray: np.ndarray, classify: Classify) -> Candidates:
+    ink = preprocess.ink_on_dark(gray)
+    ink, scale = _shrunk(ink)
+    parts = _parts(ink)
+    height = max(p.y1 - p.y0 for p in parts)
+    slices = [s for p in parts for s in _slices(p, height)]
+    if len(slices) > 4 * MAX_DIGITS:
+        raise BadInput(422, f"too many marks to be one number: at most {MAX_DIGITS} digits "
+                            f"are read")
+    segments = _segments(slices, height)
+    if not segments:
+        raise BadInput(422, "no digits found: the marks are too faint or too small")
+    probabilities = np.asarray(classify(np.stack([s.image for s in segments])), np.float32)
+    return Candidates(segments, probabilities, len(slices), height, scale)
+
+
+def choose(found: Candidates, costs: "Costs") -> Reading:
+    """The least-cost reading among `found`."""
+    digits = []
+    for index in _best_partition(found, costs):
+        p = found.probabilities[index]
+        x0, y0, x1, y1 = found.segments[index].box
+        box = (int(x0 / found.scale), int(y0 / found.scale), int(np.ceil(x1 / found.scale)),
+               int(np.ceil(y1 / found.scale)))
+        digits.append(Digit(int(p.argmax()), float(p.max()), box,
+                            found.segments[index].image, p))
+    return Reading("".join(str(d.label) for d in digits), tuple(digits))
+
+
+# ---------------------------------------------------------------------------------------
+# 1-2. Parts: connected components, specks and lines dropped, pieces of a digit joined
+
+
+@dataclasses.dataclass
+class Part:
+    """Ink of one or more components that belong together: `ink` is the crop at (y0, x0)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    ink: np.ndarray  # (y1 - y0, x1 - x0), zero outside this part's components
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+
+def _shrunk(ink: np.ndarray):
+    """Large images are read at WORK_SIDE: (ink, the factor applied)."""
+    from PIL import Image
+
+    side = max(ink.shape)
+    if side <= WORK_SIDE:
+        return ink, 1.0
+    scale = WORK_SIDE / side
+    size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
+    small = np.asarray(Image.fromarray(ink, mode="F").resize(size, Image.Resampling.BOX))
+    return small, scale
+
+
+def _parts(ink: np.ndarray) -> list:
+    from scipy import ndimage
+
+    mask = ink > preprocess.INK_LEVEL * ink.max()
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    boxes = ndimage.find_objects(labels)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    # Thickness of each component's strokes: twice its deepest point from the background.
+    depth = ndimage.distance_transform_edt(mask)
+    thickness = 2 * np.asarray(ndimage.maximum(depth, labels, np.arange(1, count + 1)))
+    comps = [dict(label=i + 1, y0=b[0].start, y1=b[0].stop, x0=b[1].start, x1=b[1].stop,
+                  area=int(areas[i]), thick=float(thickness[i])) for i, b in enumerate(boxes)]
+    for c in comps:
+        c["w"], c["h"] = c["x1"] - c["x0"], c["y1"] - c["y0"]
+        # A ruled line (or a dash): flat, no higher than a few strokes are thick.
+        c["flat"] = c["w"] >= 3 * c["h"] and c["h"] <= 3 * c["thick"] + 2
+    solid = [c for c in comps if not c["flat"] and c["area"] >= preprocess.MIN_INK_PIXELS]
+    if not solid:
+        raise BadInput(422, "no digits found: only specks or lines of ink")
+    height = max(c["h"] for c in solid)
+    biggest = max(c["area"] for c in solid)
+
+    def overlap(a, b):
+        return min(a["x1"], b["x1"]) - max(a["x0"], b["x0"])
+
+    kept = []
+    for c in comps:
+        if c["flat"]:
+            # A flat stroke over exactly one digit is part of it (a 5's or a 7's top);
+            # alone, or under several digits, it is a ruled line or a dash.
+            over = [d for d in solid if overlap(c, d) > 0.3 * min(c["w"], d["w"])]
+            if len(over) == 1 and c["w"] <= MAX_DIGIT_WIDTH * height:
+                kept.append(c)
+        elif (max(c["w"], c["h"]) < SPECK_SIDE * height and c["area"] < 0.05 * biggest) \
+                or c["area"] < preprocess.MIN_INK_PIXELS:
+            continue  # a speck
+        else:
+            kept.append(c)
+    if len(kept) > 4 * MAX_DIGITS:
+        raise BadInput(422, f"too many separate marks ({len(kept)}) to be one number: at "
+                            f"most {MAX_DIGITS} digits are read")
+
+    # Join: union-find over components.
+    group = list(range(len(kept)))
+
+    def find(i):
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    for i, a in enumerate(kept):
+        for j in range(i + 1, len(kept)):
+            b = kept[j]
+            # One above the other: most of the narrower lies within the other's columns.
+            if overlap(a, b) >= 0.6 * min(a["w"], b["w"]):
+                group[find(i)] = find(j)
+    for i, a in enumerate(kept):  # fragments much lower than the line join a neighbour
+        members = [c for k, c in enumerate(kept) if find(k) == find(i)]
+        top, bottom = min(c["y0"] for c in members), max(c["y1"] for c in members)
+        if bottom - top >= FRAGMENT_HEIGHT * height:
+            continue
+        gaps = [(max(b["x0"] - a["x1"], a["x0"] - b["x1"], 0), j)
+                for j, b in enumerate(kept) if find(j) != find(i)]
+        if gaps:
+            gap, j = min(gaps)
+            if gap <= FRAGMENT_REACH * height:
+                group[find(i)] = find(j)
+
+    parts = []
+    for root in sorted({find(i) for i in range(len(kept))}):
+        members = [c for k, c in enumerate(kept) if find(k) == root]
+        x0, y0 = min(c["x0"] for c in members), min(c["y0"] for c in members)
+        x1, y1 = max(c["x1"] for c in members), max(c["y1"] for c in members)
+        window = (slice(y0, y1), slice(x0, x1))
+        own = np.isin(labels[window], [c["label"] for c in members])
+        # The faint anti-aliased rim around the strokes is ink too (MNIST kept it).
+        own = ndimage.binary_dilation(own) & (ink[window] > 0)
+        parts.append(Part(x0, y0, x1, y1, np.where(own, ink[window], 0.0)))
+    parts.sort(key=lambda p: (p.x0 + p.x1) / 2)
+    if len(parts) > MAX_DIGITS:
+        raise BadInput(422, f"{len(parts)} separate marks: a number of at most {MAX_DIGITS} "
+                            f"digits is read")
+    return parts
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Slices: candidate cuts in each part
+
+
+class Slice(NamedTuple):
+    part: Part
+    lo: int  # columns [lo, hi) of the part's crop
+    hi: int
+
+
+def _slices(part: Part, height: int) -> list:
+    cuts = _cuts(part, height)
+    edges = [0] + cuts + [part.width]
+    return [Slice(part, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def _cuts(part: Part, height: int) -> list:
+    """Columns (within the part) where it may be cut into two digits: the valleys of its
+    column profile, then an even grid wherever the slices would still be wide."""
+    if part.width < 0.4 * height:
+        return []
+    profile = (part.ink > 0).sum(axis=0).astype(np.float32)
+    profile = np.convolve(profile, np.ones(3) / 3, mode="same")
+    step = max(2, int(MIN_CUT_STEP * height))
+    margin = max(2, int(0.15 * height))
+    candidates = []
+    for c in range(margin, part.width - margin):
+        window = profile[max(0, c - step):c + step + 1]
+        if profile[c] <= window.min() + 1e-6 and profile[c] < 0.6 * profile.max():
+            if not candidates or c - candidates[-1] >= step:
+                candidates.append(c)
+    edges = [0] + candidates + [part.width]
+    cuts = []
+    widest = max(2, int(MAX_SLICE_WIDTH * height))
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        extra = int(np.ceil((hi - lo) / widest)) - 1
+        cuts += [lo + round((k + 1) * (hi - lo) / (extra + 1)) for k in range(extra)]
+        cuts.append(hi)
+    return sorted(set(c for c in cuts if 0 < c < part.width))
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Segments: runs of slices that could be one digit, prepared as MNIST's
+
+
+class Segment(NamedTuple):
+    first: int  # slices [first, last) of the image
+    last: int
+    box: tuple  # (x0, y0, x1, y1) of its ink, in the (shrunk) image
+    image: np.ndarray  # (28, 28)
+    aspect: float  # width / height of its ink
+    rel_height: float  # height of its ink / the line's height
+    cuts: int  # its ends that are cuts through a part (0, 1 or 2)
+    joins: int  # gaps between separate parts within it
+
+
+def _segments(slices: list, height: int) -> list:
+    segments = []
+    for first in range(len(slices)):
+        for last in range(first + 1, len(slices) + 1):
+            run = slices[first:last]
+            x0, x1 = run[0].part.x0 + run[0].lo, run[-1].part.x0 + run[-1].hi
+            if last - first > 1 and x1 - x0 > MAX_DIGIT_WIDTH * height:
+                break
+            if any(b.part is not a.part and b.part.x0 - a.part.x1 > JOIN_GAP * height
+                   for a, b in zip(run[:-1], run[1:])):
+                break
+            segment = _segment(run, first, last)
+            if segment is not None:
+                segments.append(segment)
+    return segments
+
+
+def _segment(run: list, first: int, last: int) -> Optional[Segment]:
+    from scipy import ndimage
+
+    y0 = min(s.part.y0 for s in run)
+    y1 = max(s.part.y1 for s in run)
+    x0 = run[0].part.x0 + run[0].lo
+    x1 = run[-1].part.x0 + run[-1].hi
+    canvas = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for s in run:
+        top, left = s.part.y0 - y0, s.part.x0 + s.lo - x0
+        piece = s.part.ink[:, s.lo:s.hi]
+        window = canvas[top:top + piece.shape[0], left:left + piece.shape[1]]
+        np.maximum(window, piece, out=window)
+    cut_left, cut_right = run[0].lo > 0, run[-1].hi < run[-1].part.width
+    if cut_left or cut_right:
+        # A straight cut leaves the neighbour's stroke ends in the crop: small pieces that
+        # touch the cut are the neighbour's, not this digit's.
+        labels, count = ndimage.label(canvas > 0, structure=np.ones((3, 3), bool))
+        if count > 1:
+            areas = np.bincount(labels.ravel(), minlength=count + 1)
+            edge = set()
+            if cut_left:
+                edge |= set(np.unique(labels[:, 0]))
+            if cut_right:
+                edge |= set(np.unique(labels[:, -1]))
+            drop = [k for k in edge - {0} if areas[k] < 0.15 * areas[1:].sum()]
+            if drop:
+                canvas[np.isin(labels, drop)] = 0.0
+    inked = canvas > 0
+    if np.count_nonzero(inked) < preprocess.MIN_INK_PIXELS:
+        return None
+    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
+    box = (x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1,
+           y0 + int(rows[-1]) + 1)
+    ink_height, ink_width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    image = preprocess.mnist_box(canvas)
+    return Segment(first, last, box, image, ink_width / ink_height, ink_height,
+                   int(cut_left) + int(cut_right),
+                   sum(b.part is not a.part for a, b in zip(run[:-1], run[1:])))
+
+
+# ---------------------------------------------------------------------------------------
+# 5. The partition of the slices into digits that costs least
+
+
+def _best_partition(found: Candidates, costs: Costs) -> list:
+    """Indices into `found.segments` of the least-cost partition of its slices."""
+    count = found.slices
+    best = np.full(count + 1, np.inf)
+    best[0] = 0.0
+    back = [-1] * (count + 1)
+    by_first: dict = {}
+    for index, s in enumerate(found.segments):
+        by_first.setdefault(s.first, []).append(index)
+    for first in range(count):
+        if not np.isfinite(best[first]):
+            continue
+        # A slice may be left out (a stray mark), at a price: never the cheap way out.
+        if best[first] + costs.skip < best[first + 1]:
+            best[first + 1], back[first + 1] = best[first] + costs.skip, -1
+        for index in by_first.get(first, []):
+            s = found.segments[index]
+            cost = best[first] + costs.of(float(found.probabilities[index].max()), s,
+                                          found.height)
+            if cost < best[s.last]:
+                best[s.last], back[s.last] = cost, index
+    path, at = [], count
+    while at > 0:
+        index = back[at]
+        if index < 0:  # a slice left out
+            at -= 1
+            continue
+        path.append(index)
+        at = found.segments[index].first
+    if not path:
+        raise BadInput(422, "no digits found: the marks are too faint or too small")
+    return path[::-1]
+
+
+# ---------------------------------------------------------------------------------------
+# The model behind it
+
+
+BUCKETS = (1, 8, 32, 128, 512)  # batch sizes compiled; a batch is padded to the next one
+
+
+class Reader:
+    """A trained model, compiled once for every batch size in BUCKETS, that reads numbers.
+
+    `Reader.from_workdir(W)` loads a workdir's best checkpoint; `Reader(classify)` wraps any
+    function of (N, 28, 28) MNIST-style digits to (N, 10) probabilities."""
+
+    def __init__(self, classify: Classify, trained=None):
+        self.classify = classify
+        self.trained = trained  # inference.Trained, where it came from a workdir
+
+    @classmethod
+    def from_workdir(cls, workdir, which: str = "best") -> "Reader":
+        import jax
+
+        from flaxdigits import models
+        from flaxdigits.evaluation import inference
+
+        trained = inference.load(workdir, which=which)
+        model, variables = trained.model, trained.variables
+        compiled = jax.jit(lambda images: models.probabilities(model, variables, images))
+
+        def classify(images_nhw: np.ndarray) -> np.ndarray:
+            out = []
+            for start in range(0, len(images_nhw), BUCKETS[-1]):
+                chunk = images_nhw[start:start + BUCKETS[-1]]
+                size = next(b for b in BUCKETS if b >= len(chunk))
+                batch = np.zeros((size, IMAGE_SIDE, IMAGE_SIDE, 1), np.float32)
+                batch[:len(chunk), :, :, 0] = chunk
+                out.append(np.asarray(compiled(batch))[:len(chunk)])
+            return np.concatenate(out)
+
+        for size in BUCKETS:  # compile now, not on a request
+            classify(np.zeros((size, IMAGE_SIDE, IMAGE_SIDE), np.float32))
+        return cls(classify, trained)
+
+    def read(self, gray: np.ndarray) -> Reading:
+        return read(gray, self.classify)
+
+    def read_digit(self, image_28x28: np.ndarray) -> np.ndarray:
+        """The probabilities (10,) of one MNIST-style digit, as it is."""
+        return self.classify(np.asarray(image_28x28, np.float32)[None])[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_reader(workdir: str) -> Reader:
+    return Reader.from_workdir(workdir)
+
+
+def read_image(gray: np.ndarray, workdir) -> Reading:
+    """One call from a notebook or a script: the number in `gray`, read by the best
+    checkpoint of `workdir` (loaded and compiled once per process)."""
+    return _cached_reader(str(workdir)).read(gray)
