@@ -24,10 +24,14 @@ config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/base.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for config.json, metrics.jsonl and outputs.")
 flags.DEFINE_enum(
-    "mode", "train", ["train", "evaluate", "predict", "serve"],
+    "mode", "train", ["train", "evaluate", "predict", "read", "serve"],
     "train: train (or resume) and report. evaluate: report.json and plots/ of the workdir's "
     "best checkpoint on the config's data. predict: submission.csv for the Kaggle test.csv "
-    "in --config.data.dir. serve: the drawing page and JSON API for the workdir's model.")
+    "in --config.data.dir. read: the number in each image named after the flags "
+    "(launch.py --mode=read ... a.png b.jpg), one line per image. serve: the drawing page and "
+    "JSON API for the workdir's model.")
+flags.DEFINE_bool("json", False, "--mode=read: one JSON object per image (path, number, "
+                  "digits with label, probability and box; or path and error).")
 flags.DEFINE_integer("port", 8080, "--mode=serve: the port to listen on (0: any free one).",
                      lower_bound=0, upper_bound=65535)
 flags.DEFINE_string("host", "127.0.0.1", "--mode=serve: the address to listen on "
@@ -113,8 +117,12 @@ def quiet_dropped_signals(unraisable, default_hook=sys.unraisablehook):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if len(argv) > 1 and FLAGS.mode != "read":
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (only "
+                             f"--mode=read takes image paths)")
+    if FLAGS.mode == "read" and len(argv) == 1:
+        raise app.UsageError("--mode=read: name the images to read after the flags, e.g. "
+                             "launch.py --config=... --workdir=W --mode=read number.png")
     # SIGTERM while loading, compiling or reporting stops as Ctrl-C does: with one line.
     # (SIGINT too, even where the shell that started us ignores it for background jobs.)
     signal.signal(signal.SIGTERM, raise_on_signal)
@@ -146,6 +154,11 @@ def main(argv):
             from flaxdigits.serving import app as serving_app
 
             serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
+        elif FLAGS.mode == "read":
+            unread = read_images(argv[1:], FLAGS.workdir, as_json=FLAGS.json)
+            if unread:
+                stop(f"flaxdigits: error: {unread} of {len(argv) - 1} images could not be "
+                     f"read", 1, several)
         else:
             print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
         dropped = runtime.noted_signal()  # a signal whose exception Python dropped
@@ -263,6 +276,45 @@ def batch_sizes(config) -> tuple[int, ...]:
     is validate's to report)."""
     sizes = (config.get("batch_size"), config.get("eval_batch_size"))
     return tuple(s for s in sizes if isinstance(s, int) and not isinstance(s, bool) and s > 0)
+
+
+MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024  # --mode=read refuses larger files unread
+
+
+def read_images(paths, workdir, as_json: bool) -> int:
+    """--mode=read: one line per image on stdout (path, number, each digit's probability;
+    or, with --json, a JSON object); an image that cannot be read is one line naming it
+    (on stderr; in the JSON stream with --json) and the others are still read. Returns how
+    many could not be read."""
+    import json
+
+    from flaxdigits.serving import preprocess, reading
+
+    reader = reading.Reader.from_workdir(workdir)
+    unread = 0
+    for path in paths:
+        try:
+            with open(path, "rb") as file:
+                body = file.read(MAX_IMAGE_FILE_BYTES + 1)
+            if len(body) > MAX_IMAGE_FILE_BYTES:
+                raise preprocess.BadInput(413, f"larger than {MAX_IMAGE_FILE_BYTES:,} bytes")
+            result = reader.read(preprocess.decode_image(body))
+        except (OSError, preprocess.BadInput) as e:
+            unread += 1
+            why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(str(e))
+            if as_json:
+                print(json.dumps({"path": path, "error": why}), flush=True)
+            else:
+                print(f"flaxdigits: error: {path}: {why}", file=sys.stderr, flush=True)
+            continue
+        if as_json:
+            print(json.dumps({"path": path, "number": result.number, "digits": [
+                dict(label=d.label, probability=round(d.probability, 6), box=list(d.box))
+                for d in result.digits]}), flush=True)
+        else:
+            sure = " ".join(f"{d.label}:{d.probability:.3f}" for d in result.digits)
+            print(f"{path}: {result.number} ({sure})", flush=True)
+    return unread
 
 
 def run_mode(mode: str, config, workdir) -> str:

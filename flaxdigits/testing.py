@@ -170,6 +170,9 @@ def bad_bodies(body_limit: int) -> list[tuple[str, bytes, str, int]]:
         ("JSON nested 10,000 deep", b'{"pixels": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
          "application/json", 400),
         ("a speck of ink", encode(np.pad(np.full((2, 2), 255), 13)), "image/png", 422),
+        ("only specks", encode(specks_page()), "image/png", 422),
+        ("only a ruled line", encode(ruled_line_page()), "image/png", 422),
+        ("more marks than a number has", encode(many_marks_page(60)), "image/png", 422),
         ("a 1x1 image", encode(np.zeros((1, 1))), "image/png", 422),
         ("a 10000x1 image", encode(np.tile([0, 255], (1, 5000))), "image/png", 422),
         ("body over the limit", b"\x89PNG" + b"0" * (body_limit + 1), "image/png", 413),
@@ -179,6 +182,30 @@ def bad_bodies(body_limit: int) -> list[tuple[str, bytes, str, int]]:
          b"\r\n--x--\r\n", "multipart/form-data; boundary=x", 400),
         ("a long odd content type", b"pixels", "text/" + "x" * 5000, 415),
     ]
+
+
+def specks_page() -> np.ndarray:
+    """White paper with a few dozen dark 2x2 specks, and nothing else."""
+    page = np.full((300, 600), 255, np.uint8)
+    rng = np.random.default_rng(3)
+    for r, c in rng.integers(10, 280, size=(40, 2)):
+        page[r:r + 2, 2 * c:2 * c + 2] = 0
+    return page
+
+
+def ruled_line_page() -> np.ndarray:
+    """White paper with one ruled line across it."""
+    page = np.full((300, 600), 255, np.uint8)
+    page[200:203, 20:580] = 0
+    return page
+
+
+def many_marks_page(count: int) -> np.ndarray:
+    """`count` short dark strokes on a line: more parts than a number has."""
+    page = np.full((120, 20 * count + 40), 255, np.uint8)
+    for k in range(count):
+        page[30:90, 20 + 20 * k:26 + 20 * k] = 0
+    return page
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from PIL import Image
 
 from flaxdigits import testing
 from flaxdigits.serving import app as app_lib
+from flaxdigits.serving import reading
 from tests.conftest import REPO
 
 png = testing.encode
@@ -21,18 +22,17 @@ png = testing.encode
 # The API, with a stand-in model (the test is about HTTP, not accuracy)
 
 
-class MeanBrightnessModel:
-    """A fake predictor: digit = a function of the image, so tests can check the image
-    reached it."""
+def mean_brightness_reader():
+    """A fake model: digit = a function of the image, so tests can check the image
+    reached it (the test is about HTTP, not accuracy)."""
 
-    def __init__(self):
-        self.seen = []
-
-    def __call__(self, image):
-        self.seen.append(image)
-        probabilities = np.full(10, 0.01, np.float32)
-        probabilities[int(image.sum()) % 10] = 0.91
+    def classify(images_nhw):
+        probabilities = np.full((len(images_nhw), 10), 0.01, np.float32)
+        for row, image in zip(probabilities, images_nhw):
+            row[int(image.sum()) % 10] = 0.91
         return probabilities
+
+    return reading.Reader(classify)
 
 
 BODY_LIMIT = 200_000
@@ -40,16 +40,24 @@ BODY_LIMIT = 200_000
 
 @pytest.fixture
 def client():
-    return app_lib.create_app(MeanBrightnessModel(), max_body_bytes=BODY_LIMIT).test_client()
+    return app_lib.create_app(mean_brightness_reader(),
+                              max_body_bytes=BODY_LIMIT).test_client()
 
 
 def check_prediction(response):
     assert response.status_code == 200, response.get_json()
     result = response.get_json()
-    assert set(result) == {"label", "probabilities", "input"}
+    assert set(result) == {"number", "digits", "label", "probabilities", "input"}
     assert 0 <= result["label"] <= 9 and len(result["probabilities"]) == 10
     assert result["probabilities"][result["label"]] == max(result["probabilities"])
     assert np.asarray(result["input"]).shape == (28, 28)
+    assert result["number"] == "".join(str(d["label"]) for d in result["digits"])
+    for digit in result["digits"]:
+        x0, y0, x1, y1 = digit["box"]
+        assert x0 < x1 and y0 < y1 and 0 <= digit["probability"] <= 1
+    # The most confident digit is the one the legacy fields describe.
+    assert max(d["probability"] for d in result["digits"]) == pytest.approx(
+        result["probabilities"][result["label"]])
     return result
 
 
@@ -107,10 +115,10 @@ def workdir(trained):
 
 @pytest.mark.slow
 def test_predictor_reads_redrawn_digits(workdir, mnist_raw):
-    predictor = app_lib.Predictor(workdir)
-    client = app_lib.create_app(predictor).test_client()
+    reader = reading.Reader.from_workdir(workdir)
+    client = app_lib.create_app(reader).test_client()
     assert client.get("/healthz").get_json() == {"status": "ok", "model": "cnn",
-                                                 "step": predictor.trained.step}
+                                                 "step": reader.trained.step}
     images, labels = mnist_raw.test_images, mnist_raw.test_labels
     correct = 0
     for index in range(30):
@@ -128,42 +136,58 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 @pytest.mark.slow
 @pytest.mark.skipif(not pathlib.Path(CHROMIUM).exists(),
                     reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_drawing_on_the_page_in_chromium(workdir, tmp_path):
+def test_writing_a_number_on_the_page_in_chromium(workdir, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    url, server = app_lib.start_in_thread(app_lib.create_app(app_lib.Predictor(workdir)))
+    url, server = app_lib.start_in_thread(app_lib.create_app(reading.Reader.from_workdir(workdir)))
+
+    def stroke(page, box, points):
+        page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y)
+        page.mouse.up()
+
+    def number_shown(page, previous):
+        page.wait_for_function(f"document.getElementById('number').dataset.number !== "
+                               f"'{previous}'", timeout=10_000)
+        return page.locator("#number").inner_text()
+
     try:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                  args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1100, "height": 520})
+            page = browser.new_page(viewport={"width": 1400, "height": 700})
             page.goto(url + "/")
             box = page.locator("#pad").bounding_box()
-            # A "1": one vertical stroke, off-centre, drawn with mouse events.
-            page.mouse.move(box["x"] + 190, box["y"] + 40)
-            page.mouse.down()
-            for step in range(1, 21):
-                page.mouse.move(box["x"] + 190 - step, box["y"] + 40 + 10 * step)
-            page.mouse.up()
-            page.wait_for_function(
-                "document.getElementById('prediction').dataset.label !== ''", timeout=10_000)
-            label = page.locator("#prediction").inner_text()
-            percent = page.locator("#bar1 .pct").inner_text()
-            screenshot = tmp_path / "drawn_one.png"
-            page.wait_for_timeout(300)  # let the bars finish their transition
+            # "11": two vertical strokes, far apart, drawn with mouse events.
+            stroke(page, box, [(300 - k, 50 + 9 * k) for k in range(21)])
+            first = number_shown(page, "")
+            stroke(page, box, [(520 - k, 50 + 9 * k) for k in range(21)])
+            both = number_shown(page, first)
+            labels = page.locator("#digits span").all_inner_texts()
+            overlay = page.evaluate(
+                "Array.from(document.getElementById('boxes').getContext('2d')"
+                ".getImageData(0, 0, 840, 280).data).filter((v, i) => i % 4 == 3 && v > 0)"
+                ".length")
+            screenshot = tmp_path / "written_11.png"
             page.screenshot(path=str(screenshot))
-            seen = page.evaluate("Array.from(document.getElementById('seen').getContext('2d')"
-                                 ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 == 0)"
-                                 ".reduce((a, b) => a + b, 0)")
-
+            page.click("#undo")
+            undone = number_shown(page, both)
             page.click("#clear")
-            cleared = page.locator("#prediction").inner_text()
+            cleared = page.locator("#number").inner_text()
+            # An uploaded scan of a number.
+            scan = tmp_path / "scan.png"
+            scan.write_bytes(testing.encode(testing.many_marks_page(2)))
+            page.set_input_files("#upload", str(scan))
+            uploaded = number_shown(page, "")
             browser.close()
     finally:
         server.close()
-    assert label == "1", (label, percent)
-    assert float(percent.rstrip("%")) > 50
-    assert seen > 0  # the 28x28 image the model saw is shown
-    assert cleared == "?"
+    assert first == "1" and both == "11", (first, both, labels)
+    assert len(labels) == 2 and all(text.startswith("1 ") for text in labels), labels
+    assert overlay > 100  # the boxes around the digits are drawn
+    assert undone == "1" and cleared == "?"
+    assert uploaded == "11", uploaded  # two bars read as ones
     assert screenshot.stat().st_size > 10_000
 
 
@@ -205,7 +229,7 @@ def test_a_noted_stop_signal_ends_the_server_loop(monkeypatch):
     from flaxdigits import runtime
 
     monkeypatch.setattr(runtime, "_noted", [])
-    server = waitress.server.create_server(app_lib.create_app(MeanBrightnessModel()),
+    server = waitress.server.create_server(app_lib.create_app(mean_brightness_reader()),
                                            host="127.0.0.1", port=0,
                                            **app_lib.server_settings(threads=1))
     threading.Timer(0.2, runtime.note_signal, args=(15,)).start()
@@ -226,7 +250,7 @@ def test_idle_connections_neither_lock_others_out_nor_linger():
     import time
     import urllib.request
 
-    url, server = app_lib.start_in_thread(app_lib.create_app(MeanBrightnessModel()))
+    url, server = app_lib.start_in_thread(app_lib.create_app(mean_brightness_reader()))
     host, port = url.removeprefix("http://").split(":")
     idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(200)]
     try:

@@ -2,15 +2,17 @@
 
     python launch.py --config=configs/base.py --workdir=W --mode=serve --port=8080
 
-    GET  /              the page: draw with mouse or finger, or upload an image
+    GET  /              the page: write a number with mouse or finger, or upload an image
     POST /api/predict   body: an image (Content-Type image/png or image/jpeg, or one file of
                         a multipart form), or JSON {"pixels": 28x28 numbers in 0..255};
-                        answers {"label": d,
-                        "probabilities": [10 floats], "input": the 28x28 image the model saw}
+                        answers {"number": "54", "digits": [{"label": 5, "probability":
+                        0.99, "box": [x0, y0, x1, y1]}, ...], and for the most confident
+                        digit "label", "probabilities" (10) and "input" (its 28x28 image)}
     GET  /healthz       {"status": "ok", ...}
 
-Every image goes through the preprocessing that made MNIST (serving/preprocess.py), so a
-digit drawn large, small or off-centre on a big canvas reaches the model as MNIST digits do.
+Every image is read by serving/reading.py: split into digits, each prepared as MNIST's were
+(serving/preprocess.py), so digits drawn large, small or off-centre reach the model as MNIST
+digits do.
 Bad input gets a 4xx with {"error": "..."}; the server keeps serving.
 """
 
@@ -22,10 +24,9 @@ import time
 
 import numpy as np
 
-from flaxdigits import IMAGE_SIDE, logs, models
+from flaxdigits import logs
 from flaxdigits.errors import FlaxDigitsError
-from flaxdigits.evaluation import inference
-from flaxdigits.serving import preprocess
+from flaxdigits.serving import preprocess, reading
 
 log = logging.getLogger(__name__)
 
@@ -38,32 +39,11 @@ PAGE = pathlib.Path(__file__).with_name("web") / "index.html"
 
 
 # ---------------------------------------------------------------------------------------
-# The model
-
-
-class Predictor:
-    """A workdir's best checkpoint, loaded once, its prediction compiled and warmed up."""
-
-    def __init__(self, workdir):
-        import jax
-
-        self.trained = inference.load(workdir, which="best")
-        model, variables = self.trained.model, self.trained.variables
-        self._probabilities = jax.jit(
-            lambda images: models.probabilities(model, variables, images))
-        self(np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32))  # compile now, not on a request
-
-    def __call__(self, image_28x28: np.ndarray) -> np.ndarray:
-        return np.asarray(self._probabilities(image_28x28[None, :, :, None]))[0]
-
-
-# ---------------------------------------------------------------------------------------
 # The web app
 
 
-def create_app(predictor, max_body_bytes: int = MAX_BODY_BYTES):
-    """The Flask app (any WSGI server can serve it); `predictor` maps a 28x28 image to 10
-    probabilities."""
+def create_app(reader: reading.Reader, max_body_bytes: int = MAX_BODY_BYTES):
+    """The Flask app (any WSGI server can serve it); `reader` reads the numbers."""
     from flask import Flask, Response, jsonify, request
     from werkzeug.exceptions import HTTPException
 
@@ -77,7 +57,7 @@ def create_app(predictor, max_body_bytes: int = MAX_BODY_BYTES):
 
     @app.get("/healthz")
     def healthz():
-        trained = getattr(predictor, "trained", None)
+        trained = reader.trained
         info = {"status": "ok"}
         if trained is not None:
             info.update(model=trained.config.model.name, step=trained.step)
@@ -101,11 +81,7 @@ def create_app(predictor, max_body_bytes: int = MAX_BODY_BYTES):
                                            f"image/jpeg, application/json or a form upload")
         gray = (preprocess.pixels_from_json(body) if kind == "application/json"
                 else preprocess.decode_image(body))
-        image = preprocess.digit_like_mnist(gray)
-        probabilities = predictor(image)
-        return jsonify(label=int(probabilities.argmax()),
-                       probabilities=[round(float(p), 6) for p in probabilities],
-                       input=np.round(image * 255).astype(int).tolist())
+        return jsonify(answer(reader.read(gray)))
 
     @app.errorhandler(preprocess.BadInput)
     def bad_input(error):
@@ -121,6 +97,19 @@ def create_app(predictor, max_body_bytes: int = MAX_BODY_BYTES):
         return jsonify(error=f"{error.name}: {error.description}"), error.code
 
     return app
+
+
+def answer(result: reading.Reading) -> dict:
+    """The JSON answer for a reading: the number, each digit left to right, and (as before
+    numbers were read) the most confident digit's label, probabilities and input."""
+    top = result.most_confident
+    return dict(
+        number=result.number,
+        digits=[dict(label=d.label, probability=round(d.probability, 6), box=list(d.box))
+                for d in result.digits],
+        label=top.label,
+        probabilities=[round(float(p), 6) for p in top.probabilities],
+        input=np.round(top.image * 255).astype(int).tolist())
 
 
 # waitress's connection settings: many idle connections must not lock everyone out
@@ -149,11 +138,11 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
 
     logs.show_progress()
     start = time.monotonic()
-    predictor = Predictor(workdir)
+    reader = reading.Reader.from_workdir(workdir)
     log.info("Model %s (step %d) loaded and compiled in %.1f s",
-             predictor.trained.config.model.name, predictor.trained.step,
+             reader.trained.config.model.name, reader.trained.step,
              time.monotonic() - start)
-    app = create_app(predictor)
+    app = create_app(reader)
     # Everything loaded so far (JAX, flax, the model) lives as long as the server: keep it
     # out of the garbage collector's full passes, which otherwise stall every request in
     # flight for ~100 ms now and then (measured by benchmarks/serve.py).
