@@ -320,7 +320,8 @@ def _segments(slices: list, height: int) -> list:
     for first in range(len(slices)):
         for last in range(first + 1, len(slices) + 1):
             run = slices[first:last]
-            x0, x1 = run[0].part.x0 + run[0].lo, run[-1].part.x0 + run[-1].hi
+            x0 = min(s.part.x0 + s.lo for s in run)
+            x1 = max(s.part.x0 + s.hi for s in run)
             if last - first > 1 and x1 - x0 > MAX_DIGIT_WIDTH * height:
                 break
             if any(b.part is not a.part and b.part.x0 - a.part.x1 > JOIN_GAP * height
@@ -337,8 +338,9 @@ def _segment(run: list, first: int, last: int) -> Optional[Segment]:
 
     y0 = min(s.part.y0 for s in run)
     y1 = max(s.part.y1 for s in run)
-    x0 = run[0].part.x0 + run[0].lo
-    x1 = run[-1].part.x0 + run[-1].hi
+    # (Parts may overlap in columns: the run's extent is over all of its slices.)
+    x0 = min(s.part.x0 + s.lo for s in run)
+    x1 = max(s.part.x0 + s.hi for s in run)
     canvas = np.zeros((y1 - y0, x1 - x0), np.float32)
     for s in run:
         top, left = s.part.y0 - y0, s.part.x0 + s.lo - x0
