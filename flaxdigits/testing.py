@@ -372,7 +372,7 @@ def number_cases(images, labels, count: int, seed: int, lengths=range(1, 7),
                  kinds=NUMBER_KINDS):
     """`count` written numbers per (kind, length), deterministic for a seed: dicts of
     kind, length, stroke, light_on_dark, number, image, boxes. Digits are drawn from
-    `images`/`labels` (MNIST test digits in benchmarks/numbers.py)."""
+    `images`/`labels` (MNIST test digits in benchmarks/reading.py)."""
     rng = np.random.default_rng(seed)
     widths = (400, 560, 720, 860, 1000)
     heights = (160, 240, 320, 400)

@@ -112,7 +112,7 @@ def test_the_generator_still_makes_the_fixture_strings(mnist_raw):
 
 
 def fixture_cases(mnist_raw):
-    """One number of each kind and length 3-4, from benchmarks/numbers.py's generator."""
+    """One number of each kind and length 3-4, from benchmarks/reading.py's generator."""
     cases = []
     for kind in testing.NUMBER_KINDS:
         cases += testing.number_cases(mnist_raw.test_images, mnist_raw.test_labels, 1,
@@ -160,7 +160,7 @@ def test_fixed_strings_are_read_exactly(fast_reader, mnist_raw, indices, gap, li
 
 @pytest.mark.slow
 def test_touching_pairs_are_cut(fast_reader, mnist_raw):
-    """Touching strings are the hard kind (benchmarks/numbers.py measures them): of these
+    """Touching strings are the hard kind (benchmarks/reading.py measures them): of these
     fixed pairs, most must be cut right."""
     right = 0
     pairs = [(i, i + 1) for i in range(0, 40, 2)]

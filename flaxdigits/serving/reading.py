@@ -40,6 +40,7 @@ FRAGMENT_HEIGHT = 0.5  # a part lower than this is a piece of a neighbouring dig
 FRAGMENT_REACH = 0.35  # ... joined to its neighbour when the gap is within this
 MAX_DIGIT_WIDTH = 1.3  # no digit is wider than this
 MIN_CUT_STEP = 0.12  # candidate cuts at least this far apart
+UNCUT_WIDTH = 1.05  # a part narrower than this is never cut (chosen on validation strings)
 MAX_SLICE_WIDTH = 0.3  # a part's slices are at most this wide (grid cuts where needed)
 JOIN_GAP = 0.3  # separate parts are only read as one digit across gaps up to this
 
@@ -47,7 +48,7 @@ JOIN_GAP = 0.3  # separate parts are only read as one digit across gaps up to th
 @dataclasses.dataclass(frozen=True)
 class Costs:
     """What each choice costs in the partition of an image's slices into digits. Chosen on
-    validation strings (`benchmarks/numbers.py --split=validation --tune --per_case=8`,
+    validation strings (`benchmarks/reading.py --split=validation --tune --per_case=8`,
     configs/page.py's model, 2026-12-02: 107 of 144 numbers right, 101 with the first
     guesses), never on the test digits."""
 
@@ -278,7 +279,7 @@ def _slices(part: Part, height: int) -> list:
 def _cuts(part: Part, height: int) -> list:
     """Columns (within the part) where it may be cut into two digits: the valleys of its
     column profile, then an even grid wherever the slices would still be wide."""
-    if part.width < 0.4 * height:
+    if part.width < UNCUT_WIDTH * height:  # one digit, however sure the model is of halves
         return []
     profile = (part.ink > 0).sum(axis=0).astype(np.float32)
     profile = np.convolve(profile, np.ones(3) / 3, mode="same")

@@ -1,6 +1,6 @@
 """Reading whole numbers: whole-number accuracy by kind and length, beside a naive reader.
 
-    python benchmarks/numbers.py --workdir=runs/page [--per_case=20] [--split=test]
+    python benchmarks/reading.py --workdir=runs/page [--per_case=20] [--split=test]
 
 Builds numbers of 1-6 digits from MNIST *test* digits (or, with --split=validation, from the
 validation digits that configs hold out of training: the place to choose the reading's
@@ -16,9 +16,7 @@ import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-# This file's name is also the standard library's `numbers` (which numpy imports): the
-# repository, not this folder, goes first on the path.
-sys.path[0] = str(REPO)
+sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
