@@ -459,10 +459,6 @@ class Reader:
     def read(self, gray: np.ndarray) -> Reading:
         return read(gray, self.classify)
 
-    def read_digit(self, image_28x28: np.ndarray) -> np.ndarray:
-        """The probabilities (10,) of one MNIST-style digit, as it is."""
-        return self.classify(np.asarray(image_28x28, np.float32)[None])[0]
-
 
 @functools.lru_cache(maxsize=4)
 def _cached_reader(workdir: str) -> Reader:
