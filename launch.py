@@ -87,8 +87,10 @@ def quiet_orbax(record) -> bool:
             and not str(record.msg).startswith("Requested `tracked_metric`"))
 
 
-class Terminated(Exception):
-    """SIGTERM outside the training loop (which handles it itself, with a checkpoint)."""
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (which handles it itself, with a checkpoint).
+    A BaseException, as KeyboardInterrupt is: code that catches Exception (logging's emit,
+    which would print "--- Logging error ---" with a traceback and go on) lets it through."""
 
 
 def raise_on_signal(signum, frame):

@@ -87,3 +87,30 @@ def test_a_signal_noted_before_the_loop_stops_it_at_once_and_only_once():
     assert runtime.noted_signal() is None  # honoured: the next run starts clean
     with hooks.StopSignals() as stop:
         assert stop.agreed(1, 10) is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_inside_a_log_write_is_not_swallowed_by_logging(signum, capsys):
+    """logging's emit catches Exception and prints '--- Logging error ---' with a traceback;
+    a stop signal landing inside a log write (CI saw it) must pass through instead."""
+    import logging
+
+    import launch
+
+    class SignalledStream:
+        def write(self, text):
+            raise launch.stop_exception(signum)
+
+        def flush(self):
+            pass
+
+    logger = logging.getLogger("flaxdigits.test_signal_in_log_write")
+    logger.propagate = False
+    handler = logging.StreamHandler(SignalledStream())
+    logger.addHandler(handler)
+    try:
+        with pytest.raises((launch.Terminated, KeyboardInterrupt)):
+            logger.warning("a line")
+    finally:
+        logger.removeHandler(handler)
+    assert "Logging error" not in capsys.readouterr().err
