@@ -39,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.tfds_data_dir = ""  # tensorflow-datasets data_dir; "" = its default
     config.data.validation_fraction = 0.1  # of each class, held out of training for validation
     config.data.split_seed = 0  # which examples are held out (fixed across model seeds)
+    # Extra training examples, this share of the split, shaped like the number reader's cuts
+    # (halves of digits and pairs with the uniform target, digits with a neighbour's sliver;
+    # flaxdigits/data/cut_pieces.py); 0 = none.
+    config.data.cut_pieces = 0.0
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "cnn"  # a key of flaxdigits.models.MODELS

@@ -104,8 +104,10 @@ def stratified_split(label_ids: np.ndarray, fraction: float, seed: int):
 
 
 def make_splits(raw: RawDigits, *, validation_fraction: float, split_seed: int,
-                source: str) -> Dataset:
-    """RawDigits -> Dataset with a validation split held out of the training data."""
+                source: str, cut_pieces: float = 0.0) -> Dataset:
+    """RawDigits -> Dataset with a validation split held out of the training data.
+    `cut_pieces`: that share of extra training examples shaped like the number reader's
+    cuts (flaxdigits/data/cut_pieces.py), made from the training digits only."""
     train_labels = np.asarray(raw.train_labels, dtype=np.int64)
     keep, held_out = stratified_split(train_labels, validation_fraction, split_seed)
 
@@ -115,8 +117,18 @@ def make_splits(raw: RawDigits, *, validation_fraction: float, split_seed: int,
     validation = (split(raw.train_images[held_out], train_labels[held_out])
                   if len(held_out) else None)
     test = None if raw.test_images is None else split(raw.test_images, raw.test_labels)
-    return Dataset(split(raw.train_images[keep], train_labels[keep]), validation, test, source,
-                   fingerprint(raw))
+    train = split(raw.train_images[keep], train_labels[keep])
+    if cut_pieces:
+        from flaxdigits.data import cut_pieces as pieces
+
+        count = int(round(cut_pieces * len(keep)))
+        images, targets = pieces.make(raw.train_images[keep], train_labels[keep], count,
+                                      seed=split_seed)
+        log.info("Training split: %d pieces of cut digits added (data.cut_pieces=%g)", count,
+                 cut_pieces)
+        train = Split(np.concatenate([train.images, images]),
+                      np.concatenate([train.labels, targets]))
+    return Dataset(train, validation, test, source, fingerprint(raw))
 
 
 def load_dataset(data_config) -> Dataset:
@@ -138,7 +150,8 @@ def load_dataset(data_config) -> Dataset:
                     "learn them, and accuracy on such data says little", description,
                     ", ".join(map(str, missing)))
     return make_splits(raw, validation_fraction=data_config.validation_fraction,
-                       split_seed=data_config.split_seed, source=description)
+                       split_seed=data_config.split_seed, source=description,
+                       cut_pieces=data_config.get("cut_pieces", 0.0))
 
 
 def load_folder(folder) -> tuple[RawDigits, str]:
