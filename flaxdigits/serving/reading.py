@@ -48,13 +48,17 @@ JOIN_GAP = 0.3  # separate parts are only read as one digit across gaps up to th
 @dataclasses.dataclass(frozen=True)
 class Costs:
     """What each choice costs in the partition of an image's slices into digits. Chosen on
-    validation strings (`benchmarks/reading.py --split=validation --tune --per_case=8`,
-    configs/page.py's model, 2026-12-02: 107 of 144 numbers right, 101 with the first
-    guesses), never on the test digits."""
+    validation strings (`benchmarks/reading.py --split=validation --tune --per_case=10`,
+    configs/page.py's model, 2026-12-02: 128 of 180 numbers right, 121 with the costs
+    before; narrow_cut 1.0 and 0.0 tie at 128, 52/52/24 and 50/52/26 right spaced/close/
+    touching: 1.0, which splits fewer lone digits), never on the test digits."""
 
     digit: float = 0.0  # per digit
-    cut: float = 1.0  # per straight cut through ink: a cut has to earn its keep
-    join: float = 0.5  # per gap between separate parts read as one digit
+    cut: float = 0.25  # per straight cut through ink: a cut has to earn its keep
+    join: float = 1.0  # per gap between separate parts read as one digit
+    # Per cut through a part no wider than MAX_DIGIT_WIDTH lines: such a part is most
+    # often one wide digit, and its halves can look like digits too.
+    narrow_cut: float = 1.0
     # Per unit of width/height beyond wide_from (1% of MNIST's digits are wider than 1.43
     # times their height, 5% wider than 1.25).
     wide: float = 3.0
@@ -67,6 +71,7 @@ class Costs:
         """What reading `segment` as one digit costs (lower is likelier); a cut is shared
         by the digits on either side of it."""
         return (-np.log(max(probability, 1e-9)) + self.digit + self.cut * segment.cuts / 2
+                + self.narrow_cut * segment.narrow_cuts / 2
                 + self.join * segment.joins
                 + self.wide * max(0.0, segment.aspect - self.wide_from)
                 + self.short * max(0.0, self.short_from - segment.rel_height / height))
@@ -313,6 +318,7 @@ class Segment(NamedTuple):
     aspect: float  # width / height of its ink
     rel_height: float  # height of its ink / the line's height
     cuts: int  # its ends that are cuts through a part (0, 1 or 2)
+    narrow_cuts: int  # those of them through a part no wider than MAX_DIGIT_WIDTH lines
     joins: int  # gaps between separate parts within it
 
 
@@ -328,13 +334,13 @@ def _segments(slices: list, height: int) -> list:
             if any(b.part is not a.part and b.part.x0 - a.part.x1 > JOIN_GAP * height
                    for a, b in zip(run[:-1], run[1:])):
                 break
-            segment = _segment(run, first, last)
+            segment = _segment(run, first, last, height)
             if segment is not None:
                 segments.append(segment)
     return segments
 
 
-def _segment(run: list, first: int, last: int) -> Optional[Segment]:
+def _segment(run: list, first: int, last: int, height: int) -> Optional[Segment]:
     from scipy import ndimage
 
     y0 = min(s.part.y0 for s in run)
@@ -371,8 +377,10 @@ def _segment(run: list, first: int, last: int) -> Optional[Segment]:
            y0 + int(rows[-1]) + 1)
     ink_height, ink_width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
     image = preprocess.mnist_box(canvas)
+    narrow_cuts = (int(cut_left and run[0].part.width <= MAX_DIGIT_WIDTH * height)
+                   + int(cut_right and run[-1].part.width <= MAX_DIGIT_WIDTH * height))
     return Segment(first, last, box, image, ink_width / ink_height, ink_height,
-                   int(cut_left) + int(cut_right),
+                   int(cut_left) + int(cut_right), narrow_cuts,
                    sum(b.part is not a.part for a, b in zip(run[:-1], run[1:])))
 
 
