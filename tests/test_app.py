@@ -148,8 +148,12 @@ def test_writing_a_number_on_the_page_in_chromium(workdir, tmp_path):
         page.mouse.up()
 
     def number_shown(page, previous):
+        """The number once the page has read the pad as it is now (data-settled): a
+        reading of a half-drawn stroke, answered while the pen moves, is not it."""
         page.wait_for_function(f"document.getElementById('number').dataset.number !== "
                                f"'{previous}'", timeout=10_000)
+        page.wait_for_function("document.getElementById('number').dataset.settled === "
+                               "'yes'", timeout=10_000)
         return page.locator("#number").inner_text()
 
     try:

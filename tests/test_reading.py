@@ -122,14 +122,16 @@ def fixture_cases(mnist_raw):
 
 @pytest.fixture(scope="session")
 def fast_reader(tmp_path_factory, mnist_raw):
-    """configs/fast.py trained on all of MNIST (about 20 s): a model good enough that its
-    readings of clear strings are exact."""
+    """configs/fast.py trained on all of MNIST (about 20 s) with the page model's cut pieces
+    (data.cut_pieces, as configs/page.py): a model good enough that its readings of clear
+    strings are exact."""
     from configs import fast
     from flaxdigits.training import loop
     from tests.conftest import MNIST_DIR
 
     config = fast.get_config()
     config.data.dir = str(MNIST_DIR)
+    config.data.cut_pieces = 0.15
     workdir = tmp_path_factory.mktemp("fast")
     loop.train_and_evaluate(config, workdir)
     return reading.Reader.from_workdir(workdir)

@@ -199,7 +199,9 @@ def _parts(ink: np.ndarray) -> list:
             own = np.pad(labels[box] == c["label"], 1)
             thick = 2 * float(ndimage.distance_transform_edt(own).max())
             c["flat"] = c["h"] <= 3 * thick + 2
-    solid = [c for c in comps if not c["flat"] and c["area"] >= preprocess.MIN_INK_PIXELS]
+    # A mark smaller than MIN_IMAGE_SIDE both ways cannot be a digit, whatever else is there.
+    solid = [c for c in comps if not c["flat"] and c["area"] >= preprocess.MIN_INK_PIXELS
+             and max(c["w"], c["h"]) >= preprocess.MIN_IMAGE_SIDE]
     if not solid:
         raise BadInput(422, "no digits found: only specks or lines of ink")
     height = max(c["h"] for c in solid)
@@ -217,7 +219,8 @@ def _parts(ink: np.ndarray) -> list:
             if len(over) == 1 and c["w"] <= MAX_DIGIT_WIDTH * height:
                 kept.append(c)
         elif (max(c["w"], c["h"]) < SPECK_SIDE * height and c["area"] < 0.05 * biggest) \
-                or c["area"] < preprocess.MIN_INK_PIXELS:
+                or c["area"] < preprocess.MIN_INK_PIXELS \
+                or max(c["w"], c["h"]) < preprocess.MIN_IMAGE_SIDE:
             continue  # a speck
         else:
             kept.append(c)
@@ -274,15 +277,75 @@ def _parts(ink: np.ndarray) -> list:
 
 
 class Slice(NamedTuple):
+    """The ink of `part` between two cuts: in row y, columns [left[y], right[y]) of the
+    part's crop. A cut follows the gap between strokes (`_paths`), so digits whose boxes
+    overlap (a 7's bar over the next digit) are parted whole; lo and hi bound its columns."""
+
     part: Part
-    lo: int  # columns [lo, hi) of the part's crop
-    hi: int
+    left: np.ndarray  # (part.height,) ints
+    right: np.ndarray
+
+    @property
+    def lo(self) -> int:
+        return int(self.left.min())
+
+    @property
+    def hi(self) -> int:
+        return int(self.right.max())
 
 
 def _slices(part: Part, height: int) -> list:
-    cuts = _cuts(part, height)
-    edges = [0] + cuts + [part.width]
+    edges = ([np.zeros(part.height, np.int64)] + _paths(part, _cuts(part, height), height)
+             + [np.full(part.height, part.width, np.int64)])
     return [Slice(part, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+PATH_REACH = 0.2  # a cut may wander this many line heights either side of its column
+PATH_TURN = 0.05  # what a cut's step sideways costs, against 1 per pixel of ink crossed
+
+
+def _paths(part: Part, columns: list, height: int) -> list:
+    """Each cut column -> the path from the part's top to its bottom, within PATH_REACH of
+    the column, that crosses the least ink (one row at a time, a step of at most one column
+    sideways: seam carving's dynamic programme, for every column at once). Paths are kept
+    from crossing; one that leaves no ink between it and the last is dropped."""
+    if not columns:
+        return []
+    reach = max(1, int(PATH_REACH * height))
+    offsets = np.arange(-reach, reach + 1)
+    at = np.clip(np.asarray(columns)[:, None] + offsets[None, :], 0, part.width - 1)  # (K, J)
+    ink = (part.ink > 0).astype(np.float32)
+    cost = ink[:, at] + PATH_TURN * 0.2 * np.abs(offsets)  # (H, K, J): stay near the column
+    total = cost[0].copy()
+    steps = np.zeros(cost.shape, np.int8)
+    big = np.float32(1e9)
+    for y in range(1, part.height):
+        left = np.concatenate([np.full((len(columns), 1), big), total[:, :-1]], axis=1)
+        right = np.concatenate([total[:, 1:], np.full((len(columns), 1), big)], axis=1)
+        options = np.stack([left + PATH_TURN, total, right + PATH_TURN])  # from j-1, j, j+1
+        choice = options.argmin(axis=0)
+        steps[y] = choice - 1
+        total = cost[y] + np.take_along_axis(options, choice[None], 0)[0]
+    j = total.argmin(axis=1)
+    path = np.zeros((part.height, len(columns)), np.int64)
+    for y in range(part.height - 1, -1, -1):
+        path[y] = at[np.arange(len(columns)), j]
+        j = j + steps[y, np.arange(len(columns)), j]
+    paths = np.maximum.accumulate(path.T, axis=0)  # (K, H), left to right, not crossing
+    kept, previous = [], np.zeros(part.height, np.int64)
+    cols = np.arange(part.width)
+    for p in paths:
+        between = (cols[None, :] >= previous[:, None]) & (cols[None, :] < p[:, None])
+        if np.count_nonzero(between & (part.ink > 0)) >= preprocess.MIN_INK_PIXELS:
+            kept.append(p)
+            previous = p
+    last = np.full(part.height, part.width)
+    while kept:  # the slice after the last path needs ink too
+        between = (cols[None, :] >= kept[-1][:, None]) & (cols[None, :] < last[:, None])
+        if np.count_nonzero(between & (part.ink > 0)) >= preprocess.MIN_INK_PIXELS:
+            break
+        kept.pop()
+    return kept
 
 
 def _cuts(part: Part, height: int) -> list:
@@ -355,21 +418,26 @@ def _segment(run: list, first: int, last: int, height: int) -> Optional[Segment]
     canvas = np.zeros((y1 - y0, x1 - x0), np.float32)
     for s in run:
         top, left = s.part.y0 - y0, s.part.x0 + s.lo - x0
-        piece = s.part.ink[:, s.lo:s.hi]
+        cols = np.arange(s.lo, s.hi)
+        inside = (cols[None, :] >= s.left[:, None]) & (cols[None, :] < s.right[:, None])
+        piece = np.where(inside, s.part.ink[:, s.lo:s.hi], 0.0)
         window = canvas[top:top + piece.shape[0], left:left + piece.shape[1]]
         np.maximum(window, piece, out=window)
-    cut_left, cut_right = run[0].lo > 0, run[-1].hi < run[-1].part.width
+    cut_left = bool(run[0].left.max() > 0)
+    cut_right = bool(run[-1].right.min() < run[-1].part.width)
     if cut_left or cut_right:
-        # A straight cut leaves the neighbour's stroke ends in the crop: small pieces that
-        # touch the cut are the neighbour's, not this digit's.
+        # A cut through ink leaves the neighbour's stroke ends in the crop: small pieces
+        # that touch the cut are the neighbour's, not this digit's.
         labels, count = ndimage.label(canvas > 0, structure=np.ones((3, 3), bool))
         if count > 1:
             areas = np.bincount(labels.ravel(), minlength=count + 1)
             edge = set()
-            if cut_left:
-                edge |= set(np.unique(labels[:, 0]))
-            if cut_right:
-                edge |= set(np.unique(labels[:, -1]))
+            for cut, s, boundary in ((cut_left, run[0], run[0].left),
+                                     (cut_right, run[-1], run[-1].right - 1)):
+                if cut:
+                    rows = np.arange(s.part.height) + s.part.y0 - y0
+                    cols = np.clip(boundary + s.part.x0 - x0, 0, canvas.shape[1] - 1)
+                    edge |= set(np.unique(labels[rows, cols]))
             drop = [k for k in edge - {0} if areas[k] < 0.15 * areas[1:].sum()]
             if drop:
                 canvas[np.isin(labels, drop)] = 0.0
