@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     # (halves of digits and pairs with the uniform target, digits with a neighbour's sliver;
     # flaxdigits/data/cut_pieces.py); 0 = none.
     config.data.cut_pieces = 0.0
+    # And this share of the reader's own candidates cut from numbers written with the
+    # training digits (labelled by which digit's ink they hold, or uniform where none).
+    config.data.read_pieces = 0.0
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "cnn"  # a key of flaxdigits.models.MODELS

@@ -116,6 +116,7 @@ FIELDS: dict[str, Rule] = {
     "data.validation_fraction": number(0, 1, high_open=True),
     "data.split_seed": integer(0, 2**32 - 1),
     "data.cut_pieces": number(0, 1),
+    "data.read_pieces": number(0, 1),
     "augment.rotation_degrees": number(0, 180),
     "augment.scale": number(0, 1, high_open=True),
     "augment.translation_pixels": number(0, IMAGE_SIDE / 2),
@@ -289,7 +290,8 @@ RESUMABLE_CHANGES = frozenset({
 ADDED_FIELDS = {"optim.b1": 0.9, "optim.b2": 0.999, "optim.ema_decay": 0.0,
                 "optim.label_smoothing": 0.0, "augment.clean_final_epochs": 0,
                 "model.kernel_size": 3, "augment.elastic_alpha": 0.0,
-                "augment.elastic_sigma": 4.0, "data.cut_pieces": 0.0}
+                "augment.elastic_sigma": 4.0, "data.cut_pieces": 0.0,
+                "data.read_pieces": 0.0}
 
 
 def check_resumable(config, workdir: Workdir) -> None:

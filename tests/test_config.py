@@ -48,6 +48,7 @@ BAD_VALUES = [
     ("data.validation_fraction", float("nan"), "must be a number in [0, 1)"),
     ("data.split_seed", -3, "config.data.split_seed=-3 must be an integer from 0"),
     ("data.cut_pieces", 1.5, "config.data.cut_pieces=1.5 must be a number in [0, 1]"),
+    ("data.read_pieces", -0.1, "config.data.read_pieces=-0.1 must be a number in [0, 1]"),
     ("model.name", "vgg", "config.model.name='vgg' must be one of 'cnn', 'fast_cnn', "
                           "'deep_cnn'"),
     ("model.conv_features", (), "config.model.conv_features=() must be a non-empty list of "

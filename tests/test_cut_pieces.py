@@ -46,3 +46,40 @@ def test_pieces_join_the_training_split_only():
     np.testing.assert_array_equal(cut.validation.images, plain.validation.images)
     np.testing.assert_array_equal(cut.test.images, plain.test.images)
     assert cut.fingerprint == plain.fingerprint  # the data read is the same
+
+
+def rings_and_bars(count: int):
+    """Digits whose label shows in their ink: rings are 0s, upright bars are 1s."""
+    rings, _ = ring_digits(count)
+    images = rings.copy()
+    labels = np.arange(count) % 2
+    images[labels == 1] = 0
+    images[labels == 1, 4:24, 12:16] = 255
+    return images, labels
+
+
+def test_the_readers_own_cuts_are_labelled_by_the_ink_they_hold():
+    images, labels = rings_and_bars(40)
+    x, targets = cut_pieces.read(images, labels, 200, seed=1)
+    assert x.shape == (200, 28, 28, 1) and targets.shape == (200, 10)
+    np.testing.assert_allclose(targets.sum(axis=1), 1, rtol=1e-6)
+    uniform = np.isclose(targets.max(axis=1), 0.1)
+    assert 0.1 < uniform.mean() < 0.9  # both kinds are made
+    label = targets.argmax(axis=1)
+    assert set(label[~uniform]) == {0, 1}
+    centre = x[:, 12:16, 13:15, 0].mean(axis=(1, 2))
+    # A cut labelled 0 is a whole ring (its centre empty), one labelled 1 a bar.
+    assert centre[~uniform & (label == 0)].max() < 0.2
+    assert centre[~uniform & (label == 1)].min() >= 0.4
+    again, _ = cut_pieces.read(images, labels, 200, seed=1)
+    np.testing.assert_array_equal(x, again)
+
+
+def test_read_pieces_join_the_training_split_only():
+    images, labels = rings_and_bars(200)
+    raw = data.RawDigits(images, labels, images[:20], labels[:20])
+    plain = data.make_splits(raw, validation_fraction=0.1, split_seed=0, source="rings")
+    read = data.make_splits(raw, validation_fraction=0.1, split_seed=0, source="rings",
+                            read_pieces=0.1)
+    assert len(read.train) == len(plain.train) + 18
+    np.testing.assert_array_equal(read.validation.images, plain.validation.images)

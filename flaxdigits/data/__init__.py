@@ -104,10 +104,11 @@ def stratified_split(label_ids: np.ndarray, fraction: float, seed: int):
 
 
 def make_splits(raw: RawDigits, *, validation_fraction: float, split_seed: int,
-                source: str, cut_pieces: float = 0.0) -> Dataset:
+                source: str, cut_pieces: float = 0.0, read_pieces: float = 0.0) -> Dataset:
     """RawDigits -> Dataset with a validation split held out of the training data.
     `cut_pieces`: that share of extra training examples shaped like the number reader's
-    cuts (flaxdigits/data/cut_pieces.py), made from the training digits only."""
+    cuts, `read_pieces`: that share of the reader's own cuts of numbers written with the
+    training digits (both flaxdigits/data/cut_pieces.py, from the training digits only)."""
     train_labels = np.asarray(raw.train_labels, dtype=np.int64)
     keep, held_out = stratified_split(train_labels, validation_fraction, split_seed)
 
@@ -126,6 +127,16 @@ def make_splits(raw: RawDigits, *, validation_fraction: float, split_seed: int,
                                       seed=split_seed)
         log.info("Training split: %d pieces of cut digits added (data.cut_pieces=%g)", count,
                  cut_pieces)
+        train = Split(np.concatenate([train.images, images]),
+                      np.concatenate([train.labels, targets]))
+    if read_pieces:
+        from flaxdigits.data import cut_pieces as pieces
+
+        count = int(round(read_pieces * len(keep)))
+        images, targets = pieces.read(raw.train_images[keep], train_labels[keep], count,
+                                      seed=split_seed)
+        log.info("Training split: %d of the reader's cuts of written numbers added "
+                 "(data.read_pieces=%g)", count, read_pieces)
         train = Split(np.concatenate([train.images, images]),
                       np.concatenate([train.labels, targets]))
     return Dataset(train, validation, test, source, fingerprint(raw))
@@ -151,7 +162,8 @@ def load_dataset(data_config) -> Dataset:
                     ", ".join(map(str, missing)))
     return make_splits(raw, validation_fraction=data_config.validation_fraction,
                        split_seed=data_config.split_seed, source=description,
-                       cut_pieces=data_config.get("cut_pieces", 0.0))
+                       cut_pieces=data_config.get("cut_pieces", 0.0),
+                       read_pieces=data_config.get("read_pieces", 0.0))
 
 
 def load_folder(folder) -> tuple[RawDigits, str]:

@@ -99,3 +99,70 @@ def make(images_uint8: np.ndarray, label_ids: np.ndarray, count: int, seed: int)
         out_targets[made] = target
         made += 1
     return out_images, out_targets
+
+
+# What the reader itself cuts out of numbers written with the training digits.
+READ_GAPS = ("touching", "close", "spaced")
+READ_GAP_SHARES = (0.5, 0.3, 0.2)  # touching digits are where the reader needs help most
+DIGIT_SHARE = 0.85  # a cut holding this much of a digit's ink, and that much of its own,
+# is that digit; one holding under NOT_WHOLE of every digit's ink, or whose ink is under
+# NOT_PURE of any one digit's, is none of them (two digits as one are none)
+NOT_WHOLE, NOT_PURE = 0.6, 0.8
+DIGITS_PER_DIGIT = 2  # at most this many cuts kept as each digit of a number ...
+NON_DIGITS_PER_DIGIT = 2  # ... and this many non-digits per digit
+
+
+def read(images_uint8: np.ndarray, label_ids: np.ndarray, count: int, seed: int):
+    """`count` examples of the reader's own candidates (reading.unclassified_candidates)
+    on numbers of 2-5 digits written with `images_uint8` (data/written.py: pen or brush,
+    spaced, close or touching). Within a candidate's box, a digit's share of the ink is
+    measured both ways (of the digit's ink, of the box's): both >= DIGIT_SHARE, the
+    candidate is that digit (with its label); under NOT_WHOLE or NOT_PURE for every digit,
+    it is none (the uniform target); in between it is not used. Returns
+    (count, 28, 28, 1) float32 and (count, 10)."""
+    from flaxdigits.data import written
+    from flaxdigits.serving import preprocess, reading
+
+    rng = np.random.default_rng(seed)
+    out_images = np.zeros((count, 28, 28, 1), np.float32)
+    out_targets = np.zeros((count, NUM_CLASSES), np.float32)
+    uniform = np.full(NUM_CLASSES, 1.0 / NUM_CLASSES, np.float32)
+    made = 0
+    while made < count:
+        picks = rng.integers(0, len(images_uint8), size=int(rng.integers(2, 6)))
+        gap = READ_GAPS[rng.choice(len(READ_GAPS), p=READ_GAP_SHARES)]
+        canvas = (int(rng.choice((120, 160, 200))), int(rng.choice((400, 560, 720))))
+        image, _, owner = written.number_image(
+            [images_uint8[i] for i in picks], gap=gap, stroke=("pen", "brush")[rng.integers(2)],
+            light_on_dark=True, canvas=canvas, rng=rng, owners=True)
+        try:
+            found = reading.unclassified_candidates(image)
+        except preprocess.BadInput:
+            continue
+        totals = np.bincount(owner.ravel(), minlength=len(picks) + 1)[1:]
+        digits = {k: [] for k in range(len(picks))}
+        non_digits = []
+        for segment in found.segments:
+            x0, y0, x1, y1 = (int(round(v / found.scale)) for v in segment.box)
+            inside = np.bincount(owner[y0:y1, x0:x1].ravel(), minlength=len(picks) + 1)[1:]
+            of_digit = inside / np.maximum(totals, 1)
+            of_box = inside / max(inside.sum(), 1)
+            best = int(np.argmax(of_digit * of_box))
+            if of_digit[best] >= DIGIT_SHARE and of_box[best] >= DIGIT_SHARE:
+                digits[best].append(segment.image)
+            elif ((of_digit < NOT_WHOLE) | (of_box < NOT_PURE)).all():
+                non_digits.append(segment.image)
+        chosen = []
+        for k, images in digits.items():
+            target = np.eye(NUM_CLASSES, dtype=np.float32)[label_ids[picks[k]]]
+            chosen += [(images[i], target)
+                       for i in rng.permutation(len(images))[:DIGITS_PER_DIGIT]]
+        chosen += [(non_digits[i], uniform) for i
+                   in rng.permutation(len(non_digits))[:NON_DIGITS_PER_DIGIT * len(picks)]]
+        for image_28, target in chosen:
+            if made == count:
+                break
+            out_images[made, :, :, 0] = image_28
+            out_targets[made] = target
+            made += 1
+    return out_images, out_targets

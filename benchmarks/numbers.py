@@ -1,6 +1,6 @@
 """Reading whole numbers: whole-number accuracy by kind and length, beside a naive reader.
 
-    python benchmarks/reading.py --workdir=runs/page [--per_case=20] [--split=test]
+    python benchmarks/numbers.py --workdir=runs/page [--per_case=20] [--split=test]
 
 Builds numbers of 1-6 digits from MNIST *test* digits (or, with --split=validation, from the
 validation digits that configs hold out of training: the place to choose the reading's
@@ -12,10 +12,17 @@ by a naive reader (connected components only, each read as one digit: no joining
 splitting), then the latency of reading a 6-digit image.
 """
 
-import pathlib
+import os
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+# This file shares its name with the standard library's `numbers` (which numpy imports):
+# its own folder must not be on the path, or it would be imported in its place.
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
+
+import pathlib  # noqa: E402
+
+REPO = pathlib.Path(HERE).parent
 sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
@@ -168,8 +175,8 @@ def tune(cases, reader) -> None:
     possible = sum(f is not None and reachable(f, c["number"]) for c, f in found)
     print(f"{len(cases)} numbers; the right number is among the candidates of {possible}")
     grid = dict(digit=(0.0, 0.3), cut=(0.25, 0.5, 1.0), join=(0.5, 1.0, 2.0),
-                narrow_cut=(0.0, 1.0, 2.0, 4.0), wide=(3.0, 8.0), wide_from=(1.0, 1.25),
-                short=(3.0, 6.0))
+                narrow_cut=(0.0, 1.0, 2.0), stroke=(0.0, 0.5, 1.0), wide=(3.0, 8.0),
+                wide_from=(1.0, 1.25), short=(3.0, 6.0))
     results = []
     for values in itertools.product(*grid.values()):
         costs = reading.Costs(**dict(zip(grid, values)))
