@@ -36,9 +36,6 @@ flags.DEFINE_integer("port", 8080, "--mode=serve: the port to listen on (0: any 
                      lower_bound=0, upper_bound=65535)
 flags.DEFINE_string("host", "127.0.0.1", "--mode=serve: the address to listen on "
                     "(0.0.0.0 for every interface).")
-flags.DEFINE_integer("threads", 4, "--mode=serve: requests read at once (waitress worker "
-                     "threads); their digits are classified together, in one model call.",
-                     lower_bound=1, upper_bound=64)
 flags.DEFINE_string("compilation_cache", "", "Folder of JAX's persistent compilation cache "
                     "(default: ~/.cache/flaxdigits/jax, or $FLAXDIGITS_CACHE/jax); 'off' turns "
                     "it off.")
@@ -158,8 +155,7 @@ def main(argv):
         if FLAGS.mode == "serve":
             from flaxdigits.serving import app as serving_app
 
-            serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port,
-                              threads=FLAGS.threads)
+            serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
         elif FLAGS.mode == "read":
             unread = read_images(argv[1:], FLAGS.workdir, as_json=FLAGS.json)
             if unread:

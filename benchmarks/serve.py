@@ -78,7 +78,6 @@ def main():
     parser.add_argument("--digits", type=int, default=300)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=1600, help="in the latency part")
-    parser.add_argument("--threads", type=int, default=4, help="the server's --threads")
     args = parser.parse_args()
     args.data_dir = str(args.data_dir or testing.mnist_folder(REPO))
 
@@ -91,8 +90,8 @@ def main():
         port = testing.free_port()
         server = subprocess.Popen(
             [sys.executable, "launch.py", "--config=configs/base.py", f"--workdir={workdir}",
-             "--mode=serve", f"--port={port}", f"--threads={args.threads}"], cwd=REPO,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--mode=serve", f"--port={port}"], cwd=REPO, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
             testing.wait_until_up(url + "/healthz", server)
@@ -116,8 +115,7 @@ def run(args, trained, url):
     # The API reads numbers: a digit read as anything but one digit is wrong.
     api = np.array([int(result["number"]) if status == 200 and len(result["number"]) == 1
                     else -1 for status, result in answers])
-    print(f"model: {trained.config.model.name}, step {trained.step}; server --threads="
-          f"{args.threads}")
+    print(f"model: {trained.config.model.name}, step {trained.step}")
     print(f"\n1. accuracy on the first {len(labels)} MNIST test digits")
     print(f"   as 28x28 arrays, straight into the model: {np.mean(baseline == labels):.4f}")
     print(f"   redrawn (100-250 px, off-centre, dark on light 280x280, blurred), via the API: "

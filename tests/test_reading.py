@@ -72,55 +72,6 @@ def test_one_batched_classification_per_image():
     assert len(calls) == 1 and calls[0] >= 2
 
 
-def test_concurrent_callers_share_model_calls_and_get_their_own_answers():
-    import threading
-    import time
-
-    sizes, started = [], threading.Event()
-
-    def slow_model(images_nhw):  # each image's answer says which image it was
-        sizes.append(len(images_nhw))
-        started.set()
-        time.sleep(0.2)  # long enough for all the others to arrive
-        out = np.zeros((len(images_nhw), 10), np.float32)
-        out[np.arange(len(images_nhw)), images_nhw[:, 0, 0].astype(int)] = 1.0
-        return out
-
-    batched = reading.Batched(slow_model)
-    answers = {}
-
-    def caller(k):
-        answers[k] = batched(np.full((k % 3 + 1, 28, 28), k % 10, np.float32))
-
-    first = threading.Thread(target=caller, args=(0,))
-    first.start()
-    started.wait(5)  # the first call is running: the others arrive meanwhile
-    others = [threading.Thread(target=caller, args=(k,)) for k in range(1, 8)]
-    for t in others:
-        t.start()
-    for t in [first] + others:
-        t.join(10)
-    assert sizes[0] == 1 and len(sizes) == 2 and sizes[1] == sum(k % 3 + 1 for k in range(1, 8))
-    for k, out in answers.items():
-        assert out.shape == (k % 3 + 1, 10) and (out.argmax(axis=1) == k % 10).all()
-    assert batched(np.zeros((2, 28, 28), np.float32)).shape == (2, 10)  # a lone caller
-
-
-def test_a_failed_model_call_reaches_every_caller_and_the_next_call_works():
-    calls = []
-
-    def flaky(images_nhw):
-        calls.append(len(images_nhw))
-        if len(calls) == 1:
-            raise RuntimeError("device lost")
-        return np.ones((len(images_nhw), 10), np.float32) / 10
-
-    batched = reading.Batched(flaky)
-    with pytest.raises(RuntimeError, match="device lost"):
-        batched(np.zeros((1, 28, 28), np.float32))
-    assert batched(np.zeros((3, 28, 28), np.float32)).shape == (3, 10)
-
-
 @pytest.mark.parametrize("page,message", [
     (np.full((200, 600), 255), "no digit found: the image is blank"),
     (testing.specks_page(), "no digits found"),
@@ -161,7 +112,7 @@ def test_the_generator_still_makes_the_fixture_strings(mnist_raw):
 
 
 def fixture_cases(mnist_raw):
-    """One number of each kind and length 3-4, from benchmarks/numbers.py's generator."""
+    """One number of each kind and length 3-4, from benchmarks/reading.py's generator."""
     cases = []
     for kind in testing.NUMBER_KINDS:
         cases += testing.number_cases(mnist_raw.test_images, mnist_raw.test_labels, 1,
@@ -211,7 +162,7 @@ def test_fixed_strings_are_read_exactly(fast_reader, mnist_raw, indices, gap, li
 
 @pytest.mark.slow
 def test_touching_pairs_are_cut(fast_reader, mnist_raw):
-    """Touching strings are the hard kind (benchmarks/numbers.py measures them): of these
+    """Touching strings are the hard kind (benchmarks/reading.py measures them): of these
     fixed pairs, most must be cut right."""
     right = 0
     pairs = [(i, i + 1) for i in range(0, 40, 2)]
@@ -272,13 +223,13 @@ def test_launch_reads_images_one_line_each_and_names_the_bad_ones(trained, tmp_p
 
 @pytest.mark.slow
 def test_the_numbers_benchmark_starts():
-    """benchmarks/numbers.py shares its name with the standard library's `numbers`, which
-    numpy imports: run from its folder's path, it must not shadow it."""
+    """benchmarks/reading.py runs (a script there named like a standard module, as
+    `numbers.py` once was, shadows it for every script in the folder: numpy imports it)."""
     import subprocess
     import sys
 
     repo = pathlib.Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "numbers.py"), "--help"],
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "reading.py"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
     assert "--per_case" in done.stdout

@@ -2,7 +2,7 @@
 
 Each digit is redrawn at a size with the stroke of a thin pen or a round brush, and placed
 after the last one spaced, close or touching, a little higher or lower and taller or shorter.
-benchmarks/numbers.py builds its test strings with `number_cases` (from MNIST test digits);
+benchmarks/reading.py builds its test strings with `number_cases` (from MNIST test digits);
 data/cut_pieces.py builds training examples with `number_image` (from training digits only).
 """
 
@@ -131,7 +131,7 @@ def number_cases(images, labels, count: int, seed: int, lengths=range(1, 7),
                  kinds=NUMBER_KINDS):
     """`count` written numbers per (kind, length), deterministic for a seed: dicts of
     kind, length, stroke, light_on_dark, number, image, boxes. Digits are drawn from
-    `images`/`labels` (MNIST test digits in benchmarks/numbers.py)."""
+    `images`/`labels` (MNIST test digits in benchmarks/reading.py)."""
     rng = np.random.default_rng(seed)
     widths = (400, 560, 720, 860, 1000)
     heights = (160, 240, 320, 400)

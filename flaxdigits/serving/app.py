@@ -126,14 +126,13 @@ def server_settings(threads: int) -> dict:
                 cleanup_interval=CLEANUP_INTERVAL, ident="flaxdigits")
 
 
-def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 4):
+def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
     """Loads `workdir` once and serves the app with waitress until interrupted.
 
-    `threads` requests are read at once: their cutting is Python under the GIL, but the
-    model runs outside it, and the digits of the requests in flight go through it together
-    (reading.Batched), so concurrent clients share model calls (benchmarks/serve.py measures
-    it; the figures are in the README). waitress's main thread still reads and writes every
-    connection asynchronously, so a slow client does not hold a worker.
+    One worker thread: a request is a few milliseconds of CPU work under Python's GIL, so
+    more threads add lock contention, not throughput (benchmarks/serve.py measures it; the
+    figures are in the README). waitress's main thread still reads and writes every
+    connection asynchronously, so a slow client does not hold the worker.
     """
     import waitress
 

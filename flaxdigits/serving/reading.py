@@ -26,7 +26,6 @@ A single digit is a number of length 1: the same path reads it.
 
 import dataclasses
 import functools
-import threading
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
@@ -43,9 +42,10 @@ FRAGMENT_HEIGHT = 0.5  # a part lower than this is a piece of a neighbouring dig
 FRAGMENT_REACH = 0.35  # ... joined to its neighbour when the gap is within this
 MAX_DIGIT_WIDTH = 1.3  # no digit is wider than this
 MIN_CUT_STEP = 0.12  # candidate cuts at least this far apart
-MIN_CUT_WIDTH = 0.5  # a part narrower than this is never cut ...
-UNCUT_WIDTH = 1.05  # ... nor one narrower than this, but where its strokes barely meet:
-NARROW_CUT_STROKES = 1.5  # a cut through at most this many strokes (_strokes_crossed)
+# A part narrower than this is never cut (chosen on validation strings; cutting narrower
+# parts where a cut crosses at most 1.5 strokes found more right cuts, but read no more
+# numbers right and made reading a lone digit 3.5 times slower: 2026-12-02).
+UNCUT_WIDTH = 1.05
 MAX_SLICE_WIDTH = 0.3  # a part's slices are at most this wide (grid cuts where needed)
 JOIN_GAP = 0.3  # separate parts are only read as one digit across gaps up to this
 
@@ -53,10 +53,9 @@ JOIN_GAP = 0.3  # separate parts are only read as one digit across gaps up to th
 @dataclasses.dataclass(frozen=True)
 class Costs:
     """What each choice costs in the partition of an image's slices into digits. Chosen on
-    validation strings (`benchmarks/numbers.py --split=validation --tune --per_case=10`,
-    configs/page.py's model, 2026-12-02: 128 of 180 numbers right, 121 with the costs
-    before; narrow_cut 1.0 and 0.0 tie at 128, 52/52/24 and 50/52/26 right spaced/close/
-    touching: 1.0, which splits fewer lone digits), never on the test digits."""
+    validation strings (`benchmarks/reading.py --split=validation --tune --per_case=10`,
+    never the test digits); with configs/page.py's model (read pieces, 2026-12-02) these
+    read 135 of 180 numbers right, the best costs of the grid 136."""
 
     digit: float = 0.0  # per digit
     cut: float = 0.25  # per straight cut through ink: a cut has to earn its keep
@@ -309,30 +308,9 @@ class Slice(NamedTuple):
 
 def _slices(part: Part, height: int) -> list:
     paths = _paths(part, _cuts(part, height), height)
-    if part.width < UNCUT_WIDTH * height:
-        # Narrow enough to be one digit: parted only where its strokes barely meet, as
-        # two touching digits do (a 1 against a 0; a 4 tucked under a 6's curve).
-        paths = [p for p, strokes in zip(paths, _strokes_crossed(part, paths))
-                 if strokes <= NARROW_CUT_STROKES]
     edges = [np.zeros(part.height, np.int64)] + paths + [np.full(part.height, part.width,
                                                                  np.int64)]
     return [Slice(part, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
-
-
-def _strokes_crossed(part: Part, paths: list) -> list:
-    """How many strokes each cut along `paths` goes through: the ink pixels on it over the
-    part's stroke width (its ink area over half its outline: a stroke w wide and L long
-    has area wL and an outline 2L). Two digits that only touch are parted by about one."""
-    from scipy import ndimage
-
-    if not paths:
-        return []
-    mask = part.ink > preprocess.INK_LEVEL * part.ink.max()
-    outline = np.count_nonzero(mask & ~ndimage.binary_erosion(mask))
-    width = max(1.0, 2 * np.count_nonzero(mask) / max(outline, 1))
-    rows = np.arange(part.height)
-    return [np.count_nonzero(mask[rows, np.clip(p, 0, part.width - 1)]) / width
-            for p in paths]
 
 
 PATH_REACH = 0.2  # a cut may wander this many line heights either side of its column
@@ -387,7 +365,7 @@ def _paths(part: Part, columns: list, height: int) -> list:
 def _cuts(part: Part, height: int) -> list:
     """Columns (within the part) where it may be cut into two digits: the valleys of its
     column profile, then an even grid wherever the slices would still be wide."""
-    if part.width < MIN_CUT_WIDTH * height:  # one digit, however sure the model is of halves
+    if part.width < UNCUT_WIDTH * height:  # one digit, however sure the model is of halves
         return []
     profile = (part.ink > 0).sum(axis=0).astype(np.float32)
     profile = np.convolve(profile, np.ones(3) / 3, mode="same")
@@ -570,58 +548,10 @@ class Reader:
 
         for size in BUCKETS:  # compile now, not on a request
             classify(np.zeros((size, IMAGE_SIDE, IMAGE_SIDE), np.float32))
-        return cls(Batched(classify), trained)
+        return cls(classify, trained)
 
     def read(self, gray: np.ndarray) -> Reading:
         return read(gray, self.classify)
-
-
-class Batched:
-    """`classify` shared by threads: while one call runs, the digits of the callers that
-    arrive meanwhile wait, and the next call classifies all of them at once. A server's
-    concurrent requests then cost one model call per round, not one each, and the model runs
-    (outside Python's GIL) while other threads cut their images. A lone caller never waits."""
-
-    def __init__(self, classify: Classify):
-        self._classify = classify
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._waiting: list = []  # of _Call
-        self._busy = False
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        call = _Call(images)
-        with self._lock:
-            self._waiting.append(call)
-            while not call.finished:
-                if self._busy:
-                    self._changed.wait()
-                    continue
-                batch, self._waiting, self._busy = self._waiting, [], True
-                self._lock.release()
-                try:
-                    out = self._classify(np.concatenate([c.images for c in batch]))
-                    error = None
-                except BaseException as e:  # every caller of the round gets it
-                    out, error = None, e
-                finally:
-                    self._lock.acquire()
-                start = 0
-                for c in batch:
-                    c.finished, c.error = True, error
-                    if error is None:
-                        c.result = out[start:start + len(c.images)]
-                        start += len(c.images)
-                self._busy = False
-                self._changed.notify_all()
-        if call.error is not None:
-            raise call.error
-        return call.result
-
-
-class _Call:
-    def __init__(self, images):
-        self.images, self.result, self.error, self.finished = images, None, None, False
 
 
 @functools.lru_cache(maxsize=4)

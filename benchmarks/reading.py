@@ -1,6 +1,6 @@
 """Reading whole numbers: whole-number accuracy by kind and length, beside a naive reader.
 
-    python benchmarks/numbers.py --workdir=runs/page [--per_case=20] [--split=test]
+    python benchmarks/reading.py --workdir=runs/page [--per_case=20] [--split=test]
 
 Builds numbers of 1-6 digits from MNIST *test* digits (or, with --split=validation, from the
 validation digits that configs hold out of training: the place to choose the reading's
@@ -12,17 +12,10 @@ by a naive reader (connected components only, each read as one digit: no joining
 splitting), then the latency of reading a 6-digit image.
 """
 
-import os
+import pathlib
 import sys
 
-# This file shares its name with the standard library's `numbers` (which numpy imports):
-# its own folder must not be on the path, or it would be imported in its place.
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
-
-import pathlib  # noqa: E402
-
-REPO = pathlib.Path(HERE).parent
+REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
