@@ -144,7 +144,7 @@ def mnist_box(ink: np.ndarray) -> np.ndarray:
     inked = x > INK_LEVEL * x.max()
     from scipy import ndimage
 
-    width = 2 * np.percentile(ndimage.distance_transform_edt(inked)[inked], 95)
+    width = 2 * _percentile_95(ndimage.distance_transform_edt(inked)[inked])
     if width < THIN_STROKE * WORK_BOX:
         radius = (THICKENED_STROKE * WORK_BOX - width) / 2
         reach = int(np.ceil(radius))
@@ -166,6 +166,16 @@ def mnist_box(ink: np.ndarray) -> np.ndarray:
     r1, c1 = min(top + fitted.shape[0], IMAGE_SIDE), min(left + fitted.shape[1], IMAGE_SIDE)
     out[r0:r1, c0:c1] = fitted[r0 - top:r1 - top, c0 - left:c1 - left]
     return out / out.max()
+
+
+def _percentile_95(values: np.ndarray) -> float:
+    """np.percentile(values, 95) (linear interpolation), by a partial sort: the number
+    reader prepares dozens of candidates per image, and np.percentile's full machinery was
+    a tenth of the time of each."""
+    at = 0.95 * (len(values) - 1)
+    lo, hi = int(np.floor(at)), int(np.ceil(at))
+    part = np.partition(values, (lo, hi))
+    return float(part[lo] + (part[hi] - part[lo]) * (at - lo))
 
 
 def _fit(x: np.ndarray, box: int) -> np.ndarray:

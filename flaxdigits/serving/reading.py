@@ -36,6 +36,8 @@ from flaxdigits.serving.preprocess import BadInput
 
 MAX_DIGITS = 32  # a number longer than this is refused (422), not read for seconds
 WORK_SIDE = 1200  # an image whose longer side exceeds this is shrunk before reading
+LINE_HEIGHT = 96  # and one whose line of digits is taller than this (MNIST's are 20 px): 96
+# read 136 of 180 validation numbers right, 128 read 133, none 135; a 6-digit image p50 66 -> 57-61 ms
 # Thresholds, in units of the line's height H (the tallest part's height):
 SPECK_SIDE = 0.2  # a part narrower and lower than this (and tiny in area) is a speck
 FRAGMENT_HEIGHT = 0.5  # a part lower than this is a piece of a neighbouring digit ...
@@ -129,9 +131,14 @@ def unclassified_candidates(gray: np.ndarray) -> Candidates:
     """The candidates of `gray` with `probabilities` None (data/cut_pieces.py trains on
     them)."""
     ink = preprocess.ink_on_dark(gray)
-    ink, scale = _shrunk(ink)
+    ink, scale = _shrunk(ink, WORK_SIDE / max(ink.shape))
     parts = _parts(ink)
     height = max(p.y1 - p.y0 for p in parts)
+    if height > LINE_HEIGHT:  # read at LINE_HEIGHT: the cuts cost by the pixel
+        ink, more = _shrunk(ink, LINE_HEIGHT / height)
+        scale *= more
+        parts = _parts(ink)
+        height = max(p.y1 - p.y0 for p in parts)
     slices = [s for p in parts for s in _slices(p, height)]
     if len(slices) > 4 * MAX_DIGITS:
         raise BadInput(422, f"too many marks to be one number: at most {MAX_DIGITS} digits "
@@ -178,17 +185,15 @@ class Part:
         return self.y1 - self.y0
 
 
-def _shrunk(ink: np.ndarray):
-    """Large images are read at WORK_SIDE: (ink, the factor applied)."""
+def _shrunk(ink: np.ndarray, factor: float):
+    """`ink` resized by `factor` where that shrinks it: (ink, the factor applied)."""
     from PIL import Image
 
-    side = max(ink.shape)
-    if side <= WORK_SIDE:
+    if factor >= 1.0:
         return ink, 1.0
-    scale = WORK_SIDE / side
-    size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
+    size = (max(1, round(ink.shape[1] * factor)), max(1, round(ink.shape[0] * factor)))
     small = np.asarray(Image.fromarray(ink, mode="F").resize(size, Image.Resampling.BOX))
-    return small, scale
+    return small, factor
 
 
 def _parts(ink: np.ndarray) -> list:
@@ -512,7 +517,9 @@ def _best_partition(found: Candidates, costs: Costs) -> list:
 # The model behind it
 
 
-BUCKETS = (1, 8, 32, 128, 512)  # batch sizes compiled; a batch is padded to the next one
+# Batch sizes compiled; a batch is padded to the next one (a 6-digit number has about 64
+# candidates: padded to 128 they cost twice the model time).
+BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Reader:
