@@ -11,7 +11,7 @@ a bad cut below that of a real digit, which is what segmentation by recognition 
 17 epochs (deep.py: 20) keep the whole process within 15 minutes here.
 Chosen on validation strings (`python benchmarks/reading.py --split=validation --tune
 --per_case=10`, 180 numbers, 2026-12-02, each model trained here today, default costs):
-135 right with read_pieces 0.25 / 17 epochs; 125 with cut_pieces 0.15 / 20 epochs (the page
+135 right with read_pieces 0.25 / 17 epochs (136 since lines are read at 96 px); 125 with cut_pieces 0.15 / 20 epochs (the page
 model before); 138 with cut_pieces 0.05 + read_pieces 0.15 / 20 epochs, which took 14 min
 37 s, too close to 15.
 Measured on the 2-core CPU with --config.data.dir=../shared/data/mnist (2026-12-02, seed 0):
