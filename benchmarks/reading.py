@@ -168,7 +168,7 @@ def tune(cases, reader) -> None:
     possible = sum(f is not None and reachable(f, c["number"]) for c, f in found)
     print(f"{len(cases)} numbers; the right number is among the candidates of {possible}")
     grid = dict(digit=(0.0, 0.3), cut=(0.25, 0.5, 1.0), join=(0.5, 1.0, 2.0),
-                narrow_cut=(0.0, 1.0, 2.0), stroke=(0.0, 0.5, 1.0), wide=(3.0, 8.0),
+                narrow_cut=(0.0, 1.0, 2.0), wide=(3.0, 8.0),
                 wide_from=(1.0, 1.25), short=(3.0, 6.0))
     results = []
     for values in itertools.product(*grid.values()):

@@ -119,26 +119,19 @@ def make_splits(raw: RawDigits, *, validation_fraction: float, split_seed: int,
                   if len(held_out) else None)
     test = None if raw.test_images is None else split(raw.test_images, raw.test_labels)
     train = split(raw.train_images[keep], train_labels[keep])
-    if cut_pieces:
-        from flaxdigits.data import cut_pieces as pieces
 
-        count = int(round(cut_pieces * len(keep)))
-        images, targets = pieces.make(raw.train_images[keep], train_labels[keep], count,
-                                      seed=split_seed)
-        log.info("Training split: %d pieces of cut digits added (data.cut_pieces=%g)", count,
-                 cut_pieces)
-        train = Split(np.concatenate([train.images, images]),
-                      np.concatenate([train.labels, targets]))
-    if read_pieces:
-        from flaxdigits.data import cut_pieces as pieces
+    from flaxdigits.data import cut_pieces as pieces
 
-        count = int(round(read_pieces * len(keep)))
-        images, targets = pieces.read(raw.train_images[keep], train_labels[keep], count,
-                                      seed=split_seed)
-        log.info("Training split: %d of the reader's cuts of written numbers added "
-                 "(data.read_pieces=%g)", count, read_pieces)
-        train = Split(np.concatenate([train.images, images]),
-                      np.concatenate([train.labels, targets]))
+    for field, share, make, what in (
+            ("cut_pieces", cut_pieces, pieces.make, "pieces of cut digits"),
+            ("read_pieces", read_pieces, pieces.read, "of the reader's cuts of written numbers")):
+        if share:
+            count = int(round(share * len(keep)))
+            images, targets = make(raw.train_images[keep], train_labels[keep], count,
+                                   seed=split_seed)
+            log.info("Training split: %d %s added (data.%s=%g)", count, what, field, share)
+            train = Split(np.concatenate([train.images, images]),
+                          np.concatenate([train.labels, targets]))
     return Dataset(train, validation, test, source, fingerprint(raw))
 
 

@@ -36,8 +36,9 @@ from flaxdigits.serving.preprocess import BadInput
 
 MAX_DIGITS = 32  # a number longer than this is refused (422), not read for seconds
 WORK_SIDE = 1200  # an image whose longer side exceeds this is shrunk before reading
-LINE_HEIGHT = 96  # and one whose line of digits is taller than this (MNIST's are 20 px): 96
-# read 136 of 180 validation numbers right, 128 read 133, none 135; a 6-digit image p50 66 -> 57-61 ms
+# And one whose line of digits is taller than this (MNIST's are 20 px): at 96, 136 of 180
+# validation numbers read right (128: 133; none: 135); a 6-digit image p50 66 -> 57-61 ms.
+LINE_HEIGHT = 96
 # Thresholds, in units of the line's height H (the tallest part's height):
 SPECK_SIDE = 0.2  # a part narrower and lower than this (and tiny in area) is a speck
 FRAGMENT_HEIGHT = 0.5  # a part lower than this is a piece of a neighbouring digit ...
@@ -60,7 +61,7 @@ class Costs:
     read 136 of 180 numbers right (lines read at LINE_HEIGHT), as the best of the grid."""
 
     digit: float = 0.0  # per digit
-    cut: float = 0.25  # per straight cut through ink: a cut has to earn its keep
+    cut: float = 0.25  # per cut through ink: a cut has to earn its keep
     join: float = 1.0  # per gap between separate parts read as one digit
     # Per cut through a part no wider than MAX_DIGIT_WIDTH lines: such a part is most
     # often one wide digit, and its halves can look like digits too.
