@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import sys
 from typing import Callable, Optional
@@ -251,28 +252,90 @@ def validate_member(path: str, where: str) -> None:
         raise FlaxDigitsError(f"{where}={path!r}: holds no checkpoint to load")
 
 
-# The configs/ folder of the checkout this package was installed from (pip install -e .).
-CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+# The shipped configs: inside the package where it was installed from a wheel (pyproject.toml
+# maps the checkout's configs/ to flaxdigits/configs), else the checkout's own configs/ folder
+# (a checkout, or `pip install -e .`). One source of truth: the wheel's copies are made from it.
+PACKAGED_CONFIGS_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+CHECKOUT_CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = (PACKAGED_CONFIGS_DIR if (PACKAGED_CONFIGS_DIR / "base.py").is_file()
+               else CHECKOUT_CONFIGS_DIR)
+
+
+def shipped_configs() -> list[str]:
+    """The names --config= takes without a path: 'accurate', 'base', 'deep', ..."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def config_file(name_or_path: str) -> pathlib.Path:
+    """The config file that `name_or_path` means: a shipped config's name ('base') or a path
+    to a .py file. Raises naming the configs that exist when there is no such file."""
+    text = str(name_or_path)
+    path = pathlib.Path(text).expanduser()
+    by_name = path.suffix != ".py" and "/" not in text and os.sep not in text
+    if by_name:
+        path = CONFIGS_DIR / f"{text}.py"
+    if path.is_file():
+        return path
+    what = "no such shipped config" if by_name else "no such config file"
+    raise FlaxDigitsError(f"{text or repr(text)}: {what}; the shipped configs are "
+                          f"{', '.join(shipped_configs())} (a name, or a path to a .py file)")
+
+
+def make_configs_importable(path: pathlib.Path) -> None:
+    """Lets the config file at `path` `from configs import base`, as configs/ variants do:
+    the shipped configs of an installed package are the `configs` package; a config in a
+    checkout (or any folder named configs/) finds its siblings with the folder above it on the
+    import path."""
+    folder = path.resolve().parent
+    if folder == PACKAGED_CONFIGS_DIR:
+        if "configs" not in sys.modules:
+            spec = importlib.util.spec_from_file_location(
+                "configs", folder / "__init__.py", submodule_search_locations=[str(folder)])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["configs"] = module
+            spec.loader.exec_module(module)
+    elif str(folder.parent) not in sys.path:
+        sys.path.insert(0, str(folder.parent))
 
 
 def load(name_or_path: str) -> ml_collections.ConfigDict:
-    """`get_config()` of configs/<name>.py ('base', 'fast', 'deep', 'tiny'), or of a config
-    file at a path, wherever the caller runs: the folder above the configs is put on the
-    import path while it loads, so variants can `from configs import base`."""
-    path = pathlib.Path(name_or_path).expanduser()
-    if path.suffix != ".py":
-        path = CONFIGS_DIR / f"{name_or_path}.py"
-    if not path.is_file():
-        raise FlaxDigitsError(f"{path}: no such config file")
-    root = str(path.resolve().parent.parent)
-    sys.path.insert(0, root)
+    """`get_config()` of a shipped config ('base', 'fast', 'deep', 'tiny', ...) or of a config
+    file at a path, wherever the caller runs (an installed package, a checkout, a notebook).
+    Anything but a ConfigDict, and any failure of the file itself (a syntax error, an import
+    that fails, get_config() raising or missing), is one FlaxDigitsError naming the file."""
+    path = config_file(name_or_path)
+    make_configs_importable(path)
     try:
         spec = importlib.util.spec_from_file_location(f"_flaxdigits_config_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        return module.get_config()
-    finally:
-        sys.path.remove(root)
+        if not callable(getattr(module, "get_config", None)):
+            raise FlaxDigitsError(f"{path}: has no get_config() function")
+        config = module.get_config()
+    except FlaxDigitsError:
+        raise
+    except SyntaxError as e:
+        raise FlaxDigitsError(f"{path}: line {e.lineno}: SyntaxError: {e.msg}") from None
+    except Exception as e:  # noqa: BLE001 -- the user's own code: name the file, the cause
+        raise FlaxDigitsError(f"{path}: loading it failed: {type(e).__name__}: "
+                              f"{_one_line(str(e))}{_where_in(e, path)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise FlaxDigitsError(f"{path}: get_config() returned {type(config).__name__}, not an "
+                              f"ml_collections.ConfigDict (start from configs/base.py)")
+    return config
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+def _where_in(error: BaseException, path: pathlib.Path) -> str:
+    """' (line N)': the last line of the config file in the error's traceback."""
+    import traceback
+
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+             if pathlib.Path(f.filename).resolve() == path.resolve()]
+    return f" (line {lines[-1]})" if lines else ""
 
 
 # Fields that may change between a run and its resumption: they do not change what is

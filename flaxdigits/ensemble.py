@@ -29,9 +29,9 @@ import subprocess
 import sys
 import time
 
+from flaxdigits import config as config_lib
 from flaxdigits import runtime
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from flaxdigits.errors import FlaxDigitsError
 
 # One core, one thread: XLA's Eigen thread pool and its intra-op parallelism both off.
 SINGLE_THREAD_XLA = ("--xla_cpu_multi_thread_eigen=false "
@@ -45,7 +45,7 @@ def member_dirs(workdir: pathlib.Path, members: int) -> list[pathlib.Path]:
 def member_command(config: str, workdir: pathlib.Path, seed: int, overrides,
                    own_split: bool = False) -> list[str]:
     split = [f"--config.data.split_seed={seed}"] if own_split else []
-    return [sys.executable, str(REPO / "launch.py"), f"--config={config}",
+    return [sys.executable, "-m", "flaxdigits", f"--config={config}",
             f"--workdir={workdir}", f"--config.seed={seed}", *split, *overrides]
 
 
@@ -118,7 +118,9 @@ def train_members(config: str, workdir, members: int, first_seed: int = 0,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="a config file, e.g. configs/accurate.py")
+    parser.add_argument("--config", required=True,
+                        help="a shipped config's name or a config file, e.g. accurate or "
+                             "configs/accurate.py")
     parser.add_argument("--workdir", required=True, help="members go to WORKDIR/member_<i>")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--first_seed", type=int, default=0)
@@ -132,8 +134,10 @@ def main(argv=None) -> int:
     if bad or args.members < 1 or args.at_once < 1:
         parser.error(f"unexpected arguments: {' '.join(bad)}" if bad
                      else "--members and --at_once must be >= 1")
-    if not pathlib.Path(args.config).is_file():
-        parser.error(f"--config={args.config}: no such file")
+    try:
+        config_lib.config_file(args.config)
+    except FlaxDigitsError as e:
+        parser.error(f"--config={e}")
     # SIGTERM as Ctrl-C: the running members are stopped (with a checkpoint) on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

@@ -1,6 +1,7 @@
 """flaxdigits/config.py: every field of every config checked at the door, in one line."""
 
 import json
+import re
 import time
 
 import pytest
@@ -279,8 +280,49 @@ def test_configs_load_from_any_working_directory(tmp_path, monkeypatch):
     fast = config_lib.load("fast")
     assert fast.model.name == "fast_cnn" and fast.num_epochs == fast_module().num_epochs
     assert config_lib.load(str(config_lib.CONFIGS_DIR / "deep.py")).model.name == "deep_cnn"
-    with pytest.raises(FlaxDigitsError, match="configs/nope.py: no such config file"):
+    with pytest.raises(FlaxDigitsError, match=r"^nope: no such shipped config; the shipped "
+                                              r"configs are accurate, base, deep, fast, page, "
+                                              r"tiny \(a name, or a path to a \.py file\)$"):
         config_lib.load("nope")
+    with pytest.raises(FlaxDigitsError, match=r"^configs/nope.py: no such config file; the "
+                                              r"shipped configs are accurate, base, "):
+        config_lib.load("configs/nope.py")
+
+
+def test_every_shipped_config_loads_by_name_and_is_valid():
+    assert config_lib.shipped_configs() == ["accurate", "base", "deep", "fast", "page", "tiny"]
+    for name in config_lib.shipped_configs():
+        config_lib.validate(config_lib.load(name), device_count=1)
+
+
+# A config file that fails as it loads: one line naming the file, the cause and its line.
+BROKEN_CONFIG_FILES = [
+    ("def get_config(:\n", r"line 1: SyntaxError: "),
+    ("def get_config():\n    raise ValueError('boom')\n",
+     r"loading it failed: ValueError: boom \(line 2\)$"),
+    ("import not_a_module_anywhere\n",
+     r"loading it failed: ModuleNotFoundError: No module named 'not_a_module_anywhere' "
+     r"\(line 1\)$"),
+    ("x = 1\n", r"has no get_config\(\) function$"),
+    ("get_config = 3\n", r"has no get_config\(\) function$"),
+    ("def get_config():\n    return {'num_epochs': 1}\n",
+     r"get_config\(\) returned dict, not an ml_collections.ConfigDict \(start from "
+     r"configs/base.py\)$"),
+    ("def get_config():\n    return None\n", r"get_config\(\) returned NoneType, not an "),
+    ("from configs import base\ndef get_config():\n    c = base.get_config()\n"
+     "    return c.nope\n", r"loading it failed: AttributeError: .*nope.* \(line 4\)$"),
+]
+
+
+@pytest.mark.parametrize("text,message", BROKEN_CONFIG_FILES)
+def test_a_config_file_that_fails_to_load_is_one_line_naming_it(tmp_path, text, message):
+    path = tmp_path / "configs" / "mine.py"
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(FlaxDigitsError) as caught:
+        config_lib.load(str(path))
+    assert "\n" not in str(caught.value)
+    assert re.match(re.escape(str(path)) + ": " + message, str(caught.value)), caught.value
 
 
 def fast_module():

@@ -47,7 +47,7 @@ def test_bad_arguments_are_refused(tmp_path):
     result = subprocess.run([sys.executable, "-m", "flaxdigits.ensemble",
                              "--config=configs/nope.py", f"--workdir={tmp_path}"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "no such file" in result.stderr
+    assert result.returncode == 2 and "configs/nope.py: no such config file" in result.stderr
 
 
 def test_one_after_another_by_default_on_every_core(tmp_path, synthetic_dir):

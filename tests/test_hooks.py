@@ -95,7 +95,7 @@ def test_a_stop_signal_inside_a_log_write_is_not_swallowed_by_logging(signum, ca
     a stop signal landing inside a log write (CI saw it) must pass through instead."""
     import logging
 
-    import launch
+    from flaxdigits import cli as launch
 
     class SignalledStream:
         def write(self, text):

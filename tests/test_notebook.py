@@ -54,7 +54,7 @@ def test_every_cell_of_the_notebook_runs(tmp_path):
     code = [c for c in notebook.cells if c.cell_type == "code"]
     text = [outputs_text(c) for c in code]
     everything = "\n".join(text)
-    assert f"repository: {REPO}" in everything  # it moved from notebooks/ to the root
+    assert f"flaxdigits: {REPO / 'flaxdigits'}" in everything  # the installed package
     assert "devices:" in everything
     train = next(t for t in text if "test accuracy" in t)
     assert "Compiling the training step" in train and "steps/s, ETA" in train
