@@ -62,6 +62,12 @@ def one_line(text: str) -> str:
 def run(argv=None):
     """The program: `launch.py`, `python -m flaxdigits` and the `flaxdigits` command."""
     argv = list(sys.argv if argv is None else argv)
+    from flaxdigits import runtime
+
+    try:
+        runtime.import_jax()  # a bad JAX_* variable (JAX reads them as it is imported)
+    except FlaxDigitsError as e:
+        sys.exit(f"flaxdigits: error: {e}")
     value, argv = take_config_argument(argv)
     config = ml_collections.ConfigDict()  # --help without --config still works
     if value == "":
@@ -176,11 +182,14 @@ def quiet_dropped_signals(unraisable, default_hook=sys.unraisablehook):
 
 def main(argv):
     if len(argv) > 1 and FLAGS.mode != "read":
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (only "
-                             f"--mode=read takes image paths)")
+        sys.exit(f"flaxdigits: error: unexpected arguments: {' '.join(argv[1:])} (only "
+                 f"--mode=read takes image paths)")
+    if not FLAGS.workdir.strip():
+        sys.exit("flaxdigits: error: --workdir is empty: name the folder for the run's files "
+                 "(e.g. --workdir=runs/base)")
     if FLAGS.mode == "read" and len(argv) == 1:
-        raise app.UsageError("--mode=read: name the images to read after the flags, e.g. "
-                             "launch.py --config=... --workdir=W --mode=read number.png")
+        sys.exit("flaxdigits: error: --mode=read: name the images to read after the flags, "
+                 "e.g. launch.py --config=... --workdir=W --mode=read number.png")
     # SIGTERM while loading, compiling or reporting stops as Ctrl-C does: with one line.
     # (SIGINT too, even where the shell that started us ignores it for background jobs.)
     signal.signal(signal.SIGTERM, raise_on_signal)
@@ -207,6 +216,7 @@ def main(argv):
             tell_parent_joined()
         runtime.use_cpu_cores(*batch_sizes(FLAGS.config),  # before JAX starts
                               processes=FLAGS.num_processes or 1)
+        runtime.start_backend()
         config_lib.validate(FLAGS.config)  # every mode: a bad value fails here, in seconds
         if FLAGS.mode == "serve":
             from flaxdigits.serving import app as serving_app

@@ -83,12 +83,12 @@ def odd_integer(low: int, high: int) -> Rule:
     return rule
 
 
-def integers(low: int) -> Rule:
-    """A non-empty list of integers >= low (a tuple in a config, a list in JSON)."""
+def integers(low: int, high: int) -> Rule:
+    """A non-empty list of integers from low to high (a tuple in a config, a list in JSON)."""
     def rule(value):
-        if (not isinstance(value, (list, tuple)) or not value
-                or any(integer(low)(v) for v in value)):
-            return f"must be a non-empty list of integers >= {low}"
+        if (not isinstance(value, (list, tuple)) or not value or len(value) > 64
+                or any(integer(low, high)(v) for v in value)):
+            return f"must be a non-empty list of integers from {low} to {high}"
         return None
     return rule
 
@@ -99,16 +99,23 @@ def workdirs(value) -> Optional[str]:
     return None
 
 
+# Upper bounds far beyond any sensible run, so that a slip (num_epochs=1e23) is refused at the
+# door instead of overflowing a step count or allocating without end.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_STEPS = 10**9
+MAX_FEATURES = 8_192
+
 # Every field outside config.model, with its rule. A field that is not here is unknown.
 FIELDS: dict[str, Rule] = {
     "seed": integer(0, 2**32 - 1),
-    "num_epochs": integer(1),
-    "batch_size": integer(1),
-    "eval_batch_size": integer(1),
-    "log_every_steps": integer(0),
-    "checkpoint_every_steps": integer(0),
-    "profile_steps": integer(0),
-    "keep_checkpoints": integer(1),
+    "num_epochs": integer(1, MAX_EPOCHS),
+    "batch_size": integer(1, MAX_BATCH),
+    "eval_batch_size": integer(1, MAX_BATCH),
+    "log_every_steps": integer(0, MAX_STEPS),
+    "checkpoint_every_steps": integer(0, MAX_STEPS),
+    "profile_steps": integer(0, 10_000),
+    "keep_checkpoints": integer(1, 1_000),
     "dtype": choice("float32", "bfloat16"),
     "data.source": choice("files", "tfds"),
     "data.dir": text,
@@ -123,7 +130,7 @@ FIELDS: dict[str, Rule] = {
     "augment.translation_pixels": number(0, IMAGE_SIDE / 2),
     "augment.elastic_alpha": number(0, 100),
     "augment.elastic_sigma": number(0.5, 20),
-    "augment.clean_final_epochs": integer(0),
+    "augment.clean_final_epochs": integer(0, MAX_EPOCHS),
     "inference.tta_views": integer(1, len(augment.TTA_VIEWS)),
     "inference.ensemble_workdirs": workdirs,
     "optim.learning_rate": number(0, low_open=True),
@@ -139,17 +146,17 @@ SECTIONS = ("data", "model", "augment", "inference", "optim")
 # The fields of config.model, by what they mean; which of them a model takes is read from
 # the module itself (its dataclass fields), so a new model needs no change here.
 MODEL_FIELDS: dict[str, Rule] = {
-    "conv_features": integers(1),
-    "dense_features": integer(1),
+    "conv_features": integers(1, MAX_FEATURES),
+    "dense_features": integer(1, MAX_FEATURES),
     "dropout_rate": number(0, 1, high_open=True),
-    "stem_features": integer(1),
-    "block_features": integers(1),
-    "convs_per_block": integer(1),
+    "stem_features": integer(1, MAX_FEATURES),
+    "block_features": integers(1, MAX_FEATURES),
+    "convs_per_block": integer(1, 64),
     "kernel_size": odd_integer(1, 13),
     "num_classes": integer(10, 10),
 }
 # FastCNN may leave out its hidden dense layer.
-MODEL_FIELD_OVERRIDES = {("fast_cnn", "dense_features"): integer(0)}
+MODEL_FIELD_OVERRIDES = {("fast_cnn", "dense_features"): integer(0, MAX_FEATURES)}
 # Which field's length says how many times the model halves the 28x28 image, and the side
 # before the first halving (a 5x5 stride-2 stem starts at 14x14).
 POOLING = {"cnn": ("conv_features", IMAGE_SIDE), "fast_cnn": ("conv_features", IMAGE_SIDE // 2),
@@ -171,9 +178,14 @@ def as_dict(config) -> dict:
     return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
 
 
-def validate(config, *, device_count: Optional[int] = None) -> None:
+def validate(config, *, device_count: Optional[int] = None, environment: bool = True) -> None:
     """Raises FlaxDigitsError naming the first bad field of `config`; see the module
-    docstring. `device_count`: the devices a batch is split across (default: all of JAX's)."""
+    docstring. `device_count`: the devices a batch is split across (default: all of JAX's).
+    `environment=False` checks the config alone: not what this machine has (the devices,
+    tensorflow-datasets, the ensemble members' workdirs), as for a workdir's saved config."""
+    if not isinstance(config, (dict, ml_collections.ConfigDict)):
+        raise FlaxDigitsError(f"the config is {type(config).__name__}, not an "
+                              f"ml_collections.ConfigDict (start from configs/base.py)")
     tree = as_dict(config)
     for section in SECTIONS:
         if not isinstance(tree.get(section), dict):
@@ -195,6 +207,16 @@ def validate(config, *, device_count: Optional[int] = None) -> None:
             f"config.augment.clean_final_epochs={tree['augment']['clean_final_epochs']} must "
             f"be at most config.num_epochs={tree['num_epochs']}")
     validate_model(tree["model"], "config.model")
+    if not environment:
+        return
+    data = tree["data"]
+    kaggle_train = pathlib.Path(data["dir"]).expanduser() / "train.csv"
+    if (data["source"] == "files" and data["dir"] and data["validation_fraction"] == 0
+            and kaggle_train.is_file()):
+        raise FlaxDigitsError(
+            f"config.data.validation_fraction=0: {kaggle_train} has no labelled test split "
+            f"(Kaggle's test.csv has no labels), so without a validation split nothing could "
+            f"be reported on; hold one out (e.g. 0.1)")
     if tree["data"]["source"] == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
         raise FlaxDigitsError("config.data.source='tfds' needs tensorflow-datasets, which is "
                               "not installed: pip install -e '.[tfds]' in the flaxdigits checkout")
@@ -238,16 +260,36 @@ def validate_model(model: dict, where: str) -> None:
             f"image and {name!r} has room for {side.bit_length() - 1} at most")
 
 
+def saved_config(workdir: Workdir, where: Optional[str] = None) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json), checked by the same rules as
+    a new config (less this machine's devices and packages): one line naming the file and
+    the field where it is damaged or odd. Fields added to flaxdigits after it was written
+    get the value such runs used (ADDED_FIELDS)."""
+    saved = workdir.read_config()
+    where = where or str(workdir.config_file)
+    if saved is None:
+        raise FlaxDigitsError(f"{where}: no such file")
+    tree = json.loads(json.dumps(saved))  # a copy
+    for dotted, value in ADDED_FIELDS.items():
+        section, _, leaf = dotted.rpartition(".")
+        node = tree.get(section) if section else tree
+        if section != "model" and isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    try:
+        validate(tree, environment=False)
+    except FlaxDigitsError as e:
+        raise FlaxDigitsError(f"{where}: {e}") from None
+    return ml_collections.ConfigDict(tree)
+
+
 def validate_member(path: str, where: str) -> None:
     """An ensemble member must be a trained workdir of a model flaxdigits knows."""
     workdir = Workdir(path)
     if not workdir.path.is_dir():
         raise FlaxDigitsError(f"{where}={path!r}: no such folder")
-    saved = workdir.read_config()
-    if saved is None or not isinstance(saved.get("model"), dict):
-        raise FlaxDigitsError(f"{where}={path!r}: not a trained workdir (no config.json with "
-                              f"a model)")
-    validate_model(saved["model"], f"{where} ({workdir.config_file}): model")
+    if workdir.read_config() is None:
+        raise FlaxDigitsError(f"{where}={path!r}: not a trained workdir (no config.json)")
+    saved_config(workdir, f"{where} ({workdir.config_file})")
     if not workdir.has_checkpoints():
         raise FlaxDigitsError(f"{where}={path!r}: holds no checkpoint to load")
 

@@ -25,6 +25,7 @@ loop (serving/app.run_until_stopped) stop on a noted signal too.
 import logging
 import os
 import pathlib
+import re
 from typing import Optional
 
 from flaxdigits.errors import FlaxDigitsError
@@ -129,6 +130,43 @@ def join_processes(coordinator: Optional[str] = None, num_processes: Optional[in
         raise FlaxDigitsError(f"could not join the run at {coordinator} as process "
                               f"{process_id} of {num_processes} within {join_timeout_s} s: "
                               f"{text}") from None
+
+
+def import_jax():
+    """`import jax`, with a bad JAX environment variable (JAX_NUM_CPU_DEVICES=abc,
+    JAX_ENABLE_X64=maybe, ...), which JAX reads as it is imported, said in one line naming
+    the variable rather than as a ValueError from inside JAX."""
+    try:
+        import jax
+    except (ValueError, RuntimeError) as e:
+        raise FlaxDigitsError(environment_fault(e)) from None
+    return jax
+
+
+def start_backend() -> None:
+    """Starts JAX's backend (the devices) now, so that one named by $JAX_PLATFORMS that
+    cannot start is one line naming the variable, not a RuntimeError deep in a run."""
+    jax = import_jax()
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as e:  # AssertionError: no plugin of that platform
+        if not os.environ.get("JAX_PLATFORMS"):
+            raise
+        text = " ".join(str(e).split()) or "JAX could not start a backend of it here"
+        raise FlaxDigitsError(f"$JAX_PLATFORMS={os.environ['JAX_PLATFORMS']!r}: "
+                              f"{text[:300]}") from None
+
+
+def environment_fault(error: Exception) -> str:
+    """'$NAME='value': JAX's complaint' for the environment variable that `error` (raised by
+    JAX while reading its settings) is about; the error itself re-raised where it names none."""
+    text = " ".join(str(error).split())
+    match = (re.search(r"for JAX flag (\w+)", text) or
+             re.search(r"for environment '(\w+)'", text))
+    if match is None:
+        raise error
+    name = match.group(1).upper()
+    return f"${name}={os.environ.get(name, '')!r}: {text[:300]}"
 
 
 def is_primary() -> bool:

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import pathlib
 from typing import Optional
@@ -116,6 +117,15 @@ class Workdir:
                 from None
         if not os.access(self.path, os.W_OK):
             raise FlaxDigitsError(f"{self.path}: the workdir is not writable")
+        for folder in (self.checkpoint_dir, self.tensorboard_dir, self.plots_dir):
+            if folder.exists() and not folder.is_dir():
+                raise FlaxDigitsError(f"{folder}: is a file where the workdir keeps a folder; "
+                                      f"move it away or use another --workdir")
+        for file in (self.config_file, self.data_file, self.metrics_file, self.report_file,
+                     self.submission_file):
+            if file.is_dir():
+                raise FlaxDigitsError(f"{file}: is a folder where the workdir keeps a file; "
+                                      f"move it away or use another --workdir")
 
     def has_checkpoints(self) -> bool:
         """Whether checkpoints/ holds a finished step (orbax names each by its number)."""
@@ -145,34 +155,44 @@ class Workdir:
     # -- metrics.jsonl
 
     def read_metrics(self) -> list[dict]:
-        """Every record of metrics.jsonl, in order ([] where there is no file). A torn last
-        line (a run killed while writing it) is dropped with a warning."""
+        """Every well-formed record of metrics.jsonl, in order ([] where there is no file).
+        A line that is not one (torn by a kill while it was written, not JSON, not UTF-8, not
+        an object with a whole-number step and numeric figures) is dropped with a warning
+        naming the file and the line: a damaged log never stops a resume or a report."""
         if not self.metrics_file.is_file():
             return []
-        lines = self.metrics_file.read_text().splitlines()
+        try:
+            lines = self.metrics_file.read_bytes().splitlines()
+        except OSError as e:
+            raise FlaxDigitsError(f"{self.metrics_file}: cannot be read ({e.strerror})") \
+                from None
         records = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number == len(lines):
-                    log.warning("%s: dropped a torn last line", self.metrics_file)
-                    break
-                raise FlaxDigitsError(f"{self.metrics_file}: line {number} is not JSON") \
-                    from None
+                record = json.loads(line.decode("utf-8"))
+                fault = metrics_record_fault(record)
+            except UnicodeDecodeError:
+                fault = "is not UTF-8"
+            except (json.JSONDecodeError, RecursionError):
+                fault = "is torn (a run stopped while writing it)" if number == len(lines) \
+                    else "is not JSON"
+            if fault:
+                log.warning("%s: line %d %s; dropped", self.metrics_file, number, fault)
+                continue
+            records.append(record)
         return records
 
     def rewrite_metrics(self, records: list[dict]) -> None:
-        self._write(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
+        self._write(self.metrics_file, "".join(metrics_line(r) for r in records))
 
     def append_metrics(self, record: dict) -> None:
         """Appended and flushed at once, so a crash loses nothing already written."""
         if not self.writes:
             return
         with self.metrics_file.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(metrics_line(record))
 
     # -- outputs
 
@@ -190,6 +210,38 @@ class Workdir:
         """Every whole-file write of the workdir: skipped where this process does not write."""
         if self.writes:
             write_atomically(path, content)
+
+
+def metrics_record_fault(record) -> Optional[str]:
+    """What is wrong with one parsed line of metrics.jsonl, or None: an object with a
+    whole-number `step`, a whole-number `epoch` and a true/false `final` where present, and
+    numbers (or null) for every other figure."""
+    if not isinstance(record, dict):
+        return f"is {type(record).__name__}, not an object"
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"has step {step!r}, not a whole number"
+    for key, value in record.items():
+        if key == "step":
+            continue
+        if key == "epoch":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif key == "final":
+            ok = isinstance(value, bool)
+        else:
+            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                   and math.isfinite(value))
+        if not ok:
+            return f"has {key}={value!r}"
+    return None
+
+
+def metrics_line(record: dict) -> str:
+    """One line of metrics.jsonl. A figure that is not finite (an evaluation of nothing, a
+    diverged loss) is written as null: NaN is not JSON, and no reader should meet it."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 def write_atomically(path: pathlib.Path, content) -> None:

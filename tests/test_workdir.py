@@ -28,10 +28,7 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, caplog):
     with workdir.metrics_file.open("a") as f:
         f.write('{"step": 3, "train_lo')  # a run killed while writing
     assert workdir.read_metrics() == [{"step": 1}, {"step": 2}]
-    assert "dropped a torn last line" in caplog.text
-    workdir.metrics_file.write_text('{"step": 1}\nnonsense\n{"step": 3}\n')
-    with pytest.raises(FlaxDigitsError, match="metrics.jsonl: line 2 is not JSON"):
-        workdir.read_metrics()
+    assert "metrics.jsonl: line 3 is torn (a run stopped while writing it); dropped" in caplog.text
 
 
 def test_submission_format(tmp_path):

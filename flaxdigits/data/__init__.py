@@ -115,6 +115,15 @@ def make_splits(raw: RawDigits, *, validation_fraction: float, split_seed: int,
     def split(images, labels):
         return Split(to_model_inputs(images), one_hot(np.asarray(labels, dtype=np.int64)))
 
+    if raw.test_images is None and not len(held_out):
+        raise FlaxDigitsError(
+            f"{source}: has no labelled test split, and config.data.validation_fraction="
+            f"{validation_fraction} holds out no validation split of its {len(train_labels)} "
+            f"training digits: nothing could be reported on (raise data.validation_fraction)")
+    if validation_fraction > 0 and not len(held_out):
+        log.warning("%s: config.data.validation_fraction=%g holds out no digit of its %d "
+                    "training digits: no validation split (the latest checkpoint counts as "
+                    "the best)", source, validation_fraction, len(train_labels))
     validation = (split(raw.train_images[held_out], train_labels[held_out])
                   if len(held_out) else None)
     test = None if raw.test_images is None else split(raw.test_images, raw.test_labels)

@@ -36,16 +36,15 @@ def find_file(folder: pathlib.Path, key: str) -> Optional[pathlib.Path]:
 
 
 def read_bytes_maybe_gzipped(path: pathlib.Path, *, images: bool) -> bytes:
-    """The file's bytes, decompressed if it is gzipped (whatever it is called). A gzipped
-    file is inflated only as far as its header promises (plus one byte, to notice trailing
-    data): a small .gz that inflates to gigabytes is refused, not unpacked."""
+    """The file's bytes, decompressed if it is gzipped (whatever it is called). Its header is
+    read and checked first, and no more is read than it promises (plus one byte, to notice
+    trailing data): a small .gz that inflates to gigabytes, or a plain file larger than its
+    header says, is refused before it is read, not read whole."""
     with path.open("rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"  # gzip's magic
-    if not gzipped:
-        return path.read_bytes()
     header_size = 16 if images else 8
     try:
-        with gzip.open(path, "rb") as f:
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as f:
             header = f.read(header_size)
             if (len(header) < header_size or int.from_bytes(header[:4], "big")
                     != (IMAGES_MAGIC if images else LABELS_MAGIC)):
@@ -56,8 +55,16 @@ def read_bytes_maybe_gzipped(path: pathlib.Path, *, images: bool) -> bytes:
             if promised > MAX_EXAMPLES * (IMAGE_SIDE * IMAGE_SIDE if images else 1):
                 raise FlaxDigitsError(f"{path}: its header promises {promised:,} bytes, more "
                                       f"than {MAX_EXAMPLES:,} digits")
+            if not gzipped:
+                size, expected = path.stat().st_size, header_size + promised
+                if size != expected:
+                    raise FlaxDigitsError(
+                        f"{path}: {'truncated' if size < expected else 'trailing bytes'}: "
+                        f"{size} bytes, the header promises {expected}")
             return header + f.read(promised + 1)
     except (OSError, EOFError) as e:
+        if not gzipped:
+            raise
         raise FlaxDigitsError(f"{path}: broken gzip data ({e})") from None
 
 
@@ -77,6 +84,8 @@ def parse(raw: bytes, path, *, images: bool) -> np.ndarray:
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(3 if images else 1)]
     if images and dims[1:] != [IMAGE_SIDE, IMAGE_SIDE]:
         raise FlaxDigitsError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+    if dims[0] == 0:
+        raise FlaxDigitsError(f"{path}: holds no {kind} (its header says 0)")
     expected = header_size + int(np.prod(dims))
     if len(raw) != expected:
         raise FlaxDigitsError(

@@ -42,10 +42,7 @@ def load(workdir, which: str = "best") -> Trained:
         raise FlaxDigitsError(
             f"{workdir}: no trained model here (no {workdir.config_file.name}); train one "
             f"first with --mode=train")
-    if not isinstance(saved.get("model"), dict):
-        raise FlaxDigitsError(f"{workdir.config_file}: has no 'model' section")
-    config_lib.validate_model(saved["model"], f"{workdir.config_file}: model")
-    config = ml_collections.ConfigDict(saved)
+    config = config_lib.saved_config(workdir)
     model = models.model_from_config(config)
     checkpoints = Checkpoints(workdir, read_only=True)
     try:

@@ -77,6 +77,13 @@ def decode_image(body: bytes) -> np.ndarray:
     return np.asarray(gray, dtype=np.float32)
 
 
+def _only_numbers(value, depth: int = 0) -> bool:
+    """Whether every leaf of nested lists `value` (at most 3 deep) is an int or a float."""
+    if isinstance(value, list):
+        return depth < 3 and all(_only_numbers(v, depth + 1) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def pixels_from_json(body: bytes) -> np.ndarray:
     """{"pixels": 28x28 numbers in 0..255} -> float32 (28, 28)."""
     if not body:
@@ -89,6 +96,10 @@ def pixels_from_json(body: bytes) -> np.ndarray:
                             f"{str(e)[:120]})") from None
     if not isinstance(payload, dict) or "pixels" not in payload:
         raise BadInput(422, 'JSON body must be an object with a "pixels" field')
+    if not _only_numbers(payload["pixels"]):
+        # numpy would turn "12" into 12.0 and True into 1.0: JSON numbers only.
+        raise BadInput(422, '"pixels" must hold JSON numbers only (not strings, true/false or '
+                            'null)')
     try:
         pixels = np.asarray(payload["pixels"], dtype=np.float64)
     except (TypeError, ValueError, OverflowError, RecursionError):
