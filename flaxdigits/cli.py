@@ -171,9 +171,37 @@ def stop_exception(signum) -> BaseException:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def is_orbax_thread_noise(error: BaseException) -> bool:
+    """After a checkpoint save fails (a full disk), the file writes still in flight finish
+    in tensorstore's threads and call back into orbax's event loop, closed by then: each
+    callback prints 'RuntimeError: Event loop is closed' with a traceback, and asyncio logs
+    'Future exception was never retrieved'. The save's failure itself is reported in one
+    line; these echoes of it go to the debug log."""
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def quiet_orbax_callbacks(kind, error, traceback, default_hook=sys.excepthook):
+    """sys.excepthook (native threads print their callbacks' errors through it)."""
+    if is_orbax_thread_noise(error):
+        logging.debug("After a failed save: %r", error)
+        return
+    default_hook(kind, error, traceback)
+
+
+def quiet_asyncio(record) -> bool:
+    """asyncio's 'Future exception was never retrieved' for orbax's abandoned writes."""
+    if record.name == "asyncio" and "exception was never retrieved" in str(record.msg):
+        logging.debug("After a failed save: %s", record.getMessage()[:200])
+        return False
+    return True
+
+
 def quiet_dropped_signals(unraisable, default_hook=sys.unraisablehook):
     """A signal's exception that Python dropped (raised inside a gc callback) is not a
     traceback for the user: the signal was noted and is honoured (raise_on_signal)."""
+    if is_orbax_thread_noise(unraisable.exc_value):
+        logging.debug("After a failed save: %r in %r", unraisable.exc_value, unraisable.object)
+        return
     if isinstance(unraisable.exc_value, (Terminated, KeyboardInterrupt)):
         logging.debug("A signal arrived inside %r; honoured later", unraisable.object)
         return
@@ -195,7 +223,9 @@ def main(argv):
     signal.signal(signal.SIGTERM, raise_on_signal)
     signal.signal(signal.SIGINT, raise_on_signal)
     sys.unraisablehook = quiet_dropped_signals
+    sys.excepthook = quiet_orbax_callbacks
     logging.get_absl_handler().addFilter(quiet_orbax)
+    std_logging.getLogger("asyncio").addFilter(quiet_asyncio)
     # The library's loggers follow absl's --verbosity (see flaxdigits/logs.py).
     std_logging.getLogger("flaxdigits").setLevel(std_logging.getLogger().getEffectiveLevel())
     # JAX says at INFO which accelerator backends it could not start ('tpu' on every CPU):

@@ -2,6 +2,7 @@
 on-disk format, digits redrawn the way people draw them, request bodies a server must
 refuse, and loopback-server plumbing. Nothing here is used by training or serving."""
 
+import dataclasses
 import gzip
 import io
 import json
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -215,6 +216,123 @@ def many_marks_page(count: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------
 # Servers on loopback
+
+
+@dataclasses.dataclass(frozen=True)
+class HostileCase:
+    """One hostile run of the program: `args(folder)` builds its arguments (and any files
+    it needs) in an empty folder; `env` is added to the environment; `line` is part of the
+    one line it must end with."""
+    name: str
+    args: Callable[[pathlib.Path], list]
+    line: str
+    env: Optional[dict] = None
+
+
+def _write(path: pathlib.Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def _checkpoints_is_a_file(folder: pathlib.Path) -> list:
+    _write(folder / "w" / "checkpoints", "not a folder")
+    return ["--config=tiny", f"--workdir={folder / 'w'}",
+            f"--config.data.dir={write_idx_folder(folder / 'digits')}"]
+
+
+def _zero_test_images(folder: pathlib.Path) -> list:
+    digits = write_idx_folder(folder / "digits", gz=False)
+    (digits / "t10k-images-idx3-ubyte").write_bytes(idx.to_bytes(np.zeros((0, 28, 28), np.uint8)))
+    (digits / "t10k-labels-idx1-ubyte").write_bytes(idx.to_bytes(np.zeros(0, np.uint8)))
+    return ["--config=tiny", "--workdir=w", f"--config.data.dir={digits}"]
+
+
+def _bad_saved_config(folder: pathlib.Path) -> list:
+    from flaxdigits import config as config_lib
+
+    config = config_lib.load("tiny").to_dict()
+    config["dtype"] = "int8"
+    _write(folder / "w" / "config.json", json.dumps(config, default=list))
+    (folder / "w" / "checkpoints" / "10").mkdir(parents=True)
+    return ["--config=tiny", f"--workdir={folder / 'w'}", "--mode=evaluate"]
+
+
+def _kaggle_without_validation(folder: pathlib.Path) -> list:
+    return ["--config=tiny", "--workdir=w", "--config.data.validation_fraction=0",
+            f"--config.data.dir={write_kaggle_folder(folder / 'kaggle')}"]
+
+
+NEWLINE = chr(10)
+HOSTILE_PROGRAM_CASES = [
+    HostileCase("config missing", lambda d: ["--config=configs/nope.py", "--workdir=w"],
+                "--config=configs/nope.py: no such config file; the shipped configs are "
+                "accurate, base, deep, fast, page, tiny (a name, or a path to a .py file)"),
+    HostileCase("config name unknown", lambda d: ["--config=bse", "--workdir=w"],
+                "--config=bse: no such shipped config; the shipped configs are "),
+    HostileCase("config syntax error", lambda d: [
+        f"--config={_write(d / 'c' / 'bad.py', 'def get_config(:')}", "--workdir=w"],
+        "bad.py: line 1: SyntaxError: "),
+    HostileCase("get_config raises", lambda d: [
+        f"--config={_write(d / 'c' / 'raises.py', 'def get_config():' + NEWLINE + '    1 / 0')}",
+        "--workdir=w"], "raises.py: loading it failed: ZeroDivisionError: division by zero "
+                        "(line 2)"),
+    HostileCase("get_config returns a dict", lambda d: [
+        f"--config={_write(d / 'c' / 'plain.py', 'def get_config():' + NEWLINE + '    return {}')}",
+        "--workdir=w"], "plain.py: get_config() returned dict, not an ml_collections.ConfigDict"),
+    HostileCase("empty workdir", lambda d: ["--config=tiny", "--workdir="],
+                "--workdir is empty: name the folder for the run's files"),
+    HostileCase("checkpoints is a file", _checkpoints_is_a_file,
+                "checkpoints: is a file where the workdir keeps a folder; move it away"),
+    HostileCase("0 test images", _zero_test_images,
+                "t10k-images-idx3-ubyte: holds no images (its header says 0)"),
+    HostileCase("saved config dtype int8", _bad_saved_config,
+                "config.json: config.dtype='int8' must be one of 'float32', 'bfloat16'"),
+    HostileCase("Kaggle with validation_fraction 0", _kaggle_without_validation,
+                "config.data.validation_fraction=0: "),
+    HostileCase("num_epochs 1e23", lambda d: ["--config=tiny", "--workdir=w",
+                                              "--config.num_epochs=1" + "0" * 23],
+                "config.num_epochs=100000000000000000000000 must be an integer from 1 to 10000"),
+    HostileCase("JAX_NUM_CPU_DEVICES=abc", lambda d: ["--config=tiny", "--workdir=w"],
+                "$JAX_NUM_CPU_DEVICES='abc': Invalid value \"abc\" for JAX flag",
+                {"JAX_NUM_CPU_DEVICES": "abc"}),
+    HostileCase("JAX_ENABLE_X64=maybe", lambda d: ["--config=tiny", "--workdir=w"],
+                "$JAX_ENABLE_X64='maybe': invalid truth value 'maybe'",
+                {"JAX_ENABLE_X64": "maybe"}),
+    HostileCase("JAX_PLATFORMS=nonsense", lambda d: ["--config=tiny", "--workdir=w"],
+                "$JAX_PLATFORMS='nonsense': Unable to initialize backend ",
+                {"JAX_PLATFORMS": "nonsense"}),
+    HostileCase("FLAXDIGITS_DEVICES_PER_CORE=x", lambda d: ["--config=tiny", "--workdir=w"],
+                "$FLAXDIGITS_DEVICES_PER_CORE='x': want a whole number from 1 to 64",
+                {"FLAXDIGITS_DEVICES_PER_CORE": "x"}),
+]
+
+
+def run_hostile_case(case: HostileCase, folder: pathlib.Path, program: pathlib.Path,
+                     timeout: float = 120) -> tuple:
+    """Runs `program` (launch.py) on `case` in `folder`; returns (outcome, the last line of
+    stderr, the finished process). Outcomes: 'clear' (a non-zero exit and only one line,
+    'flaxdigits: ...'), 'traceback', 'hang' (past `timeout`), 'silent wrong' (exit 0 where
+    the case must be refused) and 'unclear' (anything else: several lines, no line)."""
+    import os
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(case.env or {})}
+    try:
+        result = subprocess.run([sys.executable, str(program), *case.args(folder)], cwd=folder,
+                                capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return "hang", "", None
+    shown = [line for line in result.stderr.splitlines()
+             if line.strip() and not line.startswith(("I1", "W1"))]  # absl's info, warnings
+    last = shown[-1] if shown else ""
+    if "Traceback (most recent call last)" in result.stderr:
+        return "traceback", last, result
+    if result.returncode == 0:
+        return "silent wrong", last, result
+    if len(shown) == 1 and last.startswith("flaxdigits: "):
+        return "clear", last, result
+    return "unclear", last, result
 
 
 def free_port() -> int:

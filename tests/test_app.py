@@ -249,6 +249,83 @@ def test_a_noted_stop_signal_ends_the_server_loop(monkeypatch):
 
 
 @pytest.mark.slow
+def closed_count(connections) -> int:
+    """How many of the client sockets the server has closed."""
+    closed = 0
+    for connection in connections:
+        connection.settimeout(0.05)
+        try:
+            closed += connection.recv(1) == b""
+        except TimeoutError:  # still open
+            pass
+        except OSError:  # reset: closed too
+            closed += 1
+    return closed
+
+
+def healthz_seconds(url: str) -> float:
+    import time
+    import urllib.request
+
+    start = time.monotonic()
+    with urllib.request.urlopen(url + "/healthz", timeout=15) as response:
+        assert response.status == 200
+    return time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_more_idle_connections_than_the_limit_do_not_lock_anyone_out(monkeypatch):
+    """At the connection limit the oldest idle connections make room for new ones, instead
+    of every newcomer waiting for CHANNEL_TIMEOUT."""
+    import socket
+
+    monkeypatch.setattr(app_lib, "CONNECTION_LIMIT", 100)
+    url, server = app_lib.start_in_thread(app_lib.create_app(mean_brightness_reader()))
+    host, port = url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(130)]
+    try:
+        assert healthz_seconds(url) < 3.0  # without the guard: CHANNEL_TIMEOUT (10 s) or more
+        assert closed_count(idle[:30]) >= 20  # the oldest went first
+    finally:
+        for connection in idle:
+            connection.close()
+        server.close()
+
+
+@pytest.mark.slow
+def test_clients_trickling_their_headers_are_cut_off(monkeypatch):
+    """A client sending a header byte every second is never idle; the header deadline
+    closes it, and a flood of them at the limit does not lock anyone out."""
+    import socket
+    import time
+
+    monkeypatch.setattr(app_lib, "CONNECTION_LIMIT", 60)
+    monkeypatch.setattr(app_lib, "HEADER_TIMEOUT", 2)
+    url, server = app_lib.start_in_thread(app_lib.create_app(mean_brightness_reader()))
+    host, port = url.removeprefix("http://").split(":")
+    slow = [socket.create_connection((host, int(port)), timeout=5) for _ in range(70)]
+    try:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        deadline = time.monotonic() + 6
+        for k in range(len(request)):  # one byte each per 0.5 s, for 6 s at most
+            for connection in slow:
+                try:
+                    connection.send(request[k:k + 1])
+                except OSError:  # closed by the server already
+                    pass
+            if k == 2:
+                assert healthz_seconds(url) < 3.0
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert closed_count(slow) == len(slow)  # none of them got 6 s for its headers
+        assert healthz_seconds(url) < 1.0
+    finally:
+        for connection in slow:
+            connection.close()
+        server.close()
+
+
 def test_idle_connections_neither_lock_others_out_nor_linger():
     import socket
     import time
@@ -264,16 +341,7 @@ def test_idle_connections_neither_lock_others_out_nor_linger():
         assert time.monotonic() - start < 1.0
         # Idle connections are closed by the server within seconds.
         time.sleep(app_lib.CHANNEL_TIMEOUT + 2 * app_lib.CLEANUP_INTERVAL + 1)
-        closed = 0
-        for connection in idle:
-            connection.settimeout(0.05)
-            try:
-                closed += connection.recv(1) == b""
-            except TimeoutError:  # still open
-                pass
-            except OSError:  # reset: closed too
-                closed += 1
-        assert closed == len(idle)
+        assert closed_count(idle) == len(idle)
     finally:
         for connection in idle:
             connection.close()

@@ -5,9 +5,6 @@ user types it."""
 import gzip
 import json
 import logging
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -205,67 +202,34 @@ def test_a_workdir_with_a_file_where_a_folder_belongs_is_refused_at_start(tmp_pa
 
 
 # -- the program as a user types it: 1, 2, 7, 11, 12 and the door's bounds
-
-def program(tmp_path, *args, env=None, timeout=120):
-    environment = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=timeout, env=environment)
-
-
-def write(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return str(path)
-
-
-PROGRAM_CASES = [
-    ("config missing", lambda d: ["--config=configs/nope.py", "--workdir=w"],
-     None, "--config=configs/nope.py: no such config file; the shipped configs are accurate, "
-           "base, deep, fast, page, tiny (a name, or a path to a .py file)"),
-    ("config name unknown", lambda d: ["--config=bse", "--workdir=w"],
-     None, "--config=bse: no such shipped config; the shipped configs are "),
-    ("config syntax error", lambda d: [f"--config={write(d / 'c' / 'bad.py', 'def get_config(:')}",
-                                       "--workdir=w"],
-     None, "bad.py: line 1: SyntaxError: "),
-    ("get_config raises", lambda d: [
-        f"--config={write(d / 'c' / 'raises.py', 'def get_config():' + chr(10) + '    1 / 0')}",
-        "--workdir=w"], None, "raises.py: loading it failed: ZeroDivisionError: division by "
-                              "zero (line 2)"),
-    ("get_config returns a dict", lambda d: [
-        f"--config={write(d / 'c' / 'plain.py', 'def get_config():' + chr(10) + '    return {}')}",
-        "--workdir=w"], None, "plain.py: get_config() returned dict, not an "
-                              "ml_collections.ConfigDict (start from configs/base.py)"),
-    ("empty workdir", lambda d: ["--config=tiny", "--workdir="],
-     None, "--workdir is empty: name the folder for the run's files (e.g. --workdir=runs/base)"),
-    ("checkpoints is a file", lambda d: ["--config=tiny", f"--workdir={d / 'w'}",
-                                         f"--config.data.dir={testing.write_idx_folder(d / 'x')}"]
-     if write(d / "w" / "checkpoints", "not a folder") else [],
-     None, "checkpoints: is a file where the workdir keeps a folder; move it away or use "
-           "another --workdir"),
-    ("num_epochs 1e23", lambda d: ["--config=tiny", "--workdir=w", "--config.num_epochs=" +
-                                   "1" + "0" * 23],
-     None, "config.num_epochs=100000000000000000000000 must be an integer from 1 to 10000"),
-    ("JAX_NUM_CPU_DEVICES=abc", lambda d: ["--config=tiny", "--workdir=w"],
-     {"JAX_NUM_CPU_DEVICES": "abc"},
-     "$JAX_NUM_CPU_DEVICES='abc': Invalid value \"abc\" for JAX flag jax_num_cpu_devices"),
-    ("JAX_ENABLE_X64=maybe", lambda d: ["--config=tiny", "--workdir=w"],
-     {"JAX_ENABLE_X64": "maybe"},
-     "$JAX_ENABLE_X64='maybe': invalid truth value 'maybe' for environment 'JAX_ENABLE_X64'"),
-    ("JAX_PLATFORMS=nonsense", lambda d: ["--config=tiny", "--workdir=w"],
-     {"JAX_PLATFORMS": "nonsense"}, "$JAX_PLATFORMS='nonsense': Unable to initialize backend "),
-    ("FLAXDIGITS_DEVICES_PER_CORE=x", lambda d: ["--config=tiny", "--workdir=w"],
-     {"FLAXDIGITS_DEVICES_PER_CORE": "x"},
-     "$FLAXDIGITS_DEVICES_PER_CORE='x': want a whole number from 1 to 64"),
-]
-
+# (flaxdigits.testing.HOSTILE_PROGRAM_CASES; benchmarks/hostile.py replays them and more)
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case,args,env,line", PROGRAM_CASES, ids=[c[0] for c in PROGRAM_CASES])
-def test_the_program_ends_with_one_line(tmp_path, case, args, env, line):
-    result = program(tmp_path, *args(tmp_path), env=env)
-    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = [l for l in result.stderr.splitlines() if not l.startswith(("I1", "W1"))]
-    assert len(last) == 1 and last[0].startswith("flaxdigits: error: "), result.stderr[-2000:]
-    assert line in last[0], last[0]
+@pytest.mark.parametrize("case", testing.HOSTILE_PROGRAM_CASES, ids=lambda c: c.name)
+def test_the_program_ends_with_one_line(tmp_path, case):
+    outcome, line, result = testing.run_hostile_case(case, tmp_path, REPO / "launch.py")
+    assert outcome == "clear", (outcome, result.stderr[-3000:])
+    assert case.line in line, line
     assert not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+# -- a stop signal before the first step: nothing trained, nothing written
+
+def test_a_signal_noted_before_the_first_step_stops_at_once(tmp_path, synthetic_dir):
+    import signal
+
+    from flaxdigits import runtime
+    from flaxdigits.errors import RunStopped
+    from flaxdigits.training import loop
+
+    runtime.note_signal(signal.SIGTERM)  # as a signal whose exception Python dropped
+    try:
+        with pytest.raises(RunStopped, match=r"^stopped by SIGTERM while the data was loading, "
+                                             r"before the first step: nothing was trained"):
+            loop.train_and_evaluate(tiny_config(**{"data.dir": str(synthetic_dir)}),
+                                    tmp_path / "w")
+    finally:
+        runtime.forget_noted_signals()
+    workdir = Workdir(tmp_path / "w")
+    assert not workdir.config_file.exists() and not workdir.has_checkpoints()
+    assert not workdir.metrics_file.exists()

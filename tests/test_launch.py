@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from flaxdigits import testing
+from flaxdigits.workdir import Workdir
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,7 @@ def test_a_signal_before_training_starts_is_one_line_and_the_documented_exit(tmp
          f"--config.data.dir={data_dir}"], cwd=REPO, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"))
     for line in process.stderr:  # the run is loading its data: not yet in the loop
-        if "Config in" in line:
+        if "Config: model" in line:
             break
     process.send_signal(signum)
     rest = process.stderr.read()
@@ -90,6 +91,10 @@ def test_a_signal_before_training_starts_is_one_line_and_the_documented_exit(tmp
     assert "Traceback" not in rest
     assert rest.strip().splitlines()[-1].startswith(
         f"flaxdigits: stopped by {signal.Signals(signum).name}")
+    # Stopped before the first step: nothing trained, nothing written but the empty folders.
+    assert not (tmp_path / "w" / "config.json").exists()
+    assert not Workdir(tmp_path / "w").has_checkpoints()
+    assert not (tmp_path / "w" / "metrics.jsonl").exists()
 
 
 def test_a_port_out_of_range_is_refused(tmp_path, launch):

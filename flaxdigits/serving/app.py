@@ -118,12 +118,23 @@ def answer(result: reading.Reading) -> dict:
 CONNECTION_LIMIT = 1000  # open connections at most; beyond it new ones wait
 CHANNEL_TIMEOUT = 10  # seconds an idle connection is kept
 CLEANUP_INTERVAL = 2  # seconds between sweeps for idle connections
+# Beyond waitress: a request's headers must arrive within HEADER_TIMEOUT seconds of its first
+# byte (a client trickling a byte every few seconds is never idle, so CHANNEL_TIMEOUT alone
+# never closes it), and when the open connections reach CONNECTION_LIMIT - SPARE_CONNECTIONS
+# the oldest idle ones are closed, so that a flood of idle or trickling sockets cannot lock
+# everyone else out until they time out (guard_connections).
+HEADER_TIMEOUT = 5
+SPARE_CONNECTIONS = 50
+GUARD_INTERVAL = 0.25  # seconds between the guard's sweeps (and the longest poll)
 
 
 def server_settings(threads: int) -> dict:
     return dict(threads=threads, max_request_body_size=WAITRESS_BODY_LIMIT,
                 connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT,
-                cleanup_interval=CLEANUP_INTERVAL, ident="flaxdigits")
+                cleanup_interval=CLEANUP_INTERVAL, ident="flaxdigits",
+                # poll(), not select(): select() cannot watch file descriptors past 1023,
+                # which CONNECTION_LIMIT connections and the process's own files reach.
+                asyncore_use_poll=True)
 
 
 def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
@@ -161,16 +172,62 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
     log.info("Stopped")
 
 
-def run_until_stopped(server) -> None:
-    """waitress's main loop (what `server.run()` does), one poll of at most a second at a
-    time, until a stop signal. A signal handler's exception ends it at once; but Python
-    drops one raised while a finalizer runs (a socket closed by the garbage collector), and
-    the handler notes the signal for that case (launch.py), which is checked between polls."""
+def run_until_stopped(server, stop_on_signal: bool = True) -> None:
+    """waitress's main loop (what `server.run()` does), one poll of at most GUARD_INTERVAL at
+    a time, with guard_connections between polls, until a stop signal. A signal handler's
+    exception ends it at once; but Python drops one raised while a finalizer runs (a socket
+    closed by the garbage collector), and the handler notes the signal for that case
+    (launch.py), which is checked between polls."""
     from flaxdigits import runtime
 
-    while server._map and runtime.noted_signal() is None:
-        server.asyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=server._map,
-                             use_poll=server.adj.asyncore_use_poll, count=1)
+    next_guard = 0.0
+    while server._map and not (stop_on_signal and runtime.noted_signal() is not None):
+        try:
+            server.asyncore.loop(timeout=GUARD_INTERVAL, map=server._map,
+                                 use_poll=server.adj.asyncore_use_poll, count=1)
+        except OSError:
+            if server.accepting:
+                raise
+            return  # closed from another thread (start_in_thread's server.close()) mid-poll
+        now = time.monotonic()
+        if now >= next_guard:
+            guard_connections(server._map, server.adj.connection_limit, now)
+            next_guard = now + GUARD_INTERVAL
+
+
+def guard_connections(socket_map: dict, connection_limit: int, now: float) -> int:
+    """Closes the connections that would lock others out: those whose request headers
+    have taken more than HEADER_TIMEOUT seconds since the guard first saw them arriving,
+    and, when the open connections reach CONNECTION_LIMIT - SPARE_CONNECTIONS, the oldest
+    idle ones (nothing being served or sent) until 2 x SPARE_CONNECTIONS are free. Returns
+    how many it closed (each closes at the next poll)."""
+    from waitress.channel import HTTPChannel
+
+    channels = [c for c in socket_map.values() if isinstance(c, HTTPChannel) and not c.will_close]
+    closed = 0
+    idle = []
+    for channel in channels:
+        request = channel.request
+        if request is not None and not request.headers_finished:
+            if getattr(channel, "headers_of", None) is not request:  # a new request's headers
+                channel.headers_of, channel.headers_since = request, now
+            elif now - channel.headers_since > HEADER_TIMEOUT:
+                channel.will_close = True
+                closed += 1
+                continue
+        if not channel.requests and not channel.total_outbufs_len and (
+                request is None or not request.headers_finished):
+            idle.append(channel)
+    open_count = len(channels) - closed
+    if open_count >= connection_limit - SPARE_CONNECTIONS:
+        idle.sort(key=lambda c: c.last_activity)  # the oldest first
+        for channel in idle[:open_count - (connection_limit - 2 * SPARE_CONNECTIONS)]:
+            channel.will_close = True
+            closed += 1
+    if closed:
+        log.info("Closed %d connections (slow headers or idle at the connection limit)",
+                 closed)
+    return closed
 
 
 def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
@@ -180,6 +237,6 @@ def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 
 
     server = waitress.server.create_server(app, host=host, port=port,
                                            **server_settings(threads))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=run_until_stopped, args=(server, False), daemon=True)
     thread.start()
     return f"http://{host}:{server.effective_port}", server

@@ -146,18 +146,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *,
         return result
 
 
+def _stop_if_signalled(when: str) -> None:
+    """A stop signal that came before the first step (and was only noted: Python drops an
+    exception raised inside a garbage-collection callback) stops the run now, before it
+    writes anything more, rather than after compiling and training a step."""
+    signum = runtime.noted_signal()
+    if signum is not None:
+        runtime.forget_noted_signals()
+        raise RunStopped(f"stopped by {signal.Signals(signum).name} {when}, before the first "
+                         f"step: nothing was trained; run the same command to start", signum)
+
+
 def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
                         writer: hooks.MetricWriter, stop_at_step: Optional[int]) -> dict:
     resuming = bool(checkpoints.steps())
     if resuming:
         config_lib.check_resumable(config, workdir)
-    workdir.write_config(config)
-    log.info("Config in %s: model %s, %d epochs, batch %d, Adam %s at %g, seed %d",
-             workdir.config_file, config.model.name, config.num_epochs, config.batch_size,
+    log.info("Config: model %s, %d epochs, batch %d, Adam %s at %g, seed %d",
+             config.model.name, config.num_epochs, config.batch_size,
              config.optim.schedule, config.optim.learning_rate, config.seed)
     log.info("JAX devices: %s", jax.devices())
 
     dataset = data.load_dataset(config.data)
+    _stop_if_signalled("while the data was loading")
+    workdir.write_config(config)  # written once the run is known to start
     workdir.check_same_data(dataset.fingerprint, dataset.source, resuming)
     log.info("Examples: train %d, validation %d, test %d", len(dataset.train),
              len(dataset.validation or []), len(dataset.test or []))
@@ -182,6 +194,7 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
         log.info("This run already finished at step %d: re-reporting, not retraining",
                  start_step)
 
+    _stop_if_signalled("while the model was being set up")
     writer.start(start_step)
     schedule = optim.learning_rate_schedule(config.optim, total_steps)
     progress = hooks.Progress(total_steps, start_step)
