@@ -127,6 +127,36 @@ class DeepCNN(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
+class LineReader(nn.Module):
+    """A segmentation-free reader of a line of digits (a CRNN trained with CTC): a strip
+    (N, LINE_STRIP, W, 1) in [0, 1], W a multiple of 4 (serving/preprocess.line_strip) ->
+    float32 logits (N, W / 4, 11) per column frame, class 0 the CTC blank and 1 + d digit
+    d. Four conv 3x3 + BatchNorm + relu blocks pool the height to 2 and the width by 4;
+    then a dense layer and residual 1-D convolutions along the line. Not yet used by the
+    reading module: benchmarks/line_reader.py trains and measures it (docs/reading.md)."""
+
+    conv_features: Sequence[int] = (16, 32, 64, 64)
+    sequence_features: int = 128
+    sequence_blocks: int = 2
+
+    @nn.compact
+    def __call__(self, strip_bhwc: jax.Array, train: bool = False) -> jax.Array:
+        x = strip_bhwc
+        for index, features in enumerate(self.conv_features):
+            x = nn.Conv(features, (3, 3))(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+            window = (2, 2) if index < 2 else (2, 1)  # the width is pooled by 4 in all
+            x = nn.max_pool(x, window, strides=window)
+        b, h, w, c = x.shape
+        x_bwf = jnp.transpose(x, (0, 2, 1, 3)).reshape(b, w, h * c)
+        x_bwf = nn.relu(nn.Dense(self.sequence_features)(x_bwf))
+        for _ in range(self.sequence_blocks):
+            y = nn.Conv(self.sequence_features, (5,))(x_bwf)
+            x_bwf = x_bwf + nn.relu(nn.BatchNorm(use_running_average=not train,
+                                                 momentum=0.9)(y))
+        return nn.Dense(NUM_CLASSES + 1)(x_bwf).astype(jnp.float32)
+
+
 # Model names as configs spell them (`config.model.name`).
 MODELS = {"cnn": CNN, "fast_cnn": FastCNN, "deep_cnn": DeepCNN}
 

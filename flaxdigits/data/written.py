@@ -151,3 +151,49 @@ def number_cases(images, labels, count: int, seed: int, lengths=range(1, 7),
                                   number="".join(str(int(labels[i])) for i in picks),
                                   image=image, boxes=boxes))
     return cases
+
+
+def glyph_pool(images, labels, count: int, rng: np.random.Generator):
+    """`count` of `images` (MNIST digits) redrawn 30-56 px tall, pen and brush in turn, for
+    `line_of_glyphs` to compose lines from fast: (list of glyphs, their labels)."""
+    picks = rng.choice(len(images), size=min(count, len(images)), replace=False)
+    glyphs = [restroke(images[i], int(rng.integers(30, 57)), ("pen", "brush")[k % 2])
+              for k, i in enumerate(picks)]
+    return glyphs, np.asarray(labels)[picks]
+
+
+def line_of_glyphs(glyphs, glyph_labels, length: int, gap: str, rng: np.random.Generator):
+    """A line of `length` glyphs from `glyph_pool`, `gap` ('spaced', 'close', 'touching')
+    apart, each a little taller or shorter and higher or lower than the last, as
+    `number_image` writes them: (float32 light-on-dark ink cropped loosely, the labels)."""
+    from PIL import Image
+
+    picks = rng.integers(0, len(glyphs), size=length)
+    height = int(rng.integers(30, 51))
+    resized = []
+    for pick in picks:
+        glyph = glyphs[pick]
+        h = max(8, int(height * rng.uniform(0.88, 1.08)))
+        w = max(1, round(glyph.shape[1] * h / glyph.shape[0]))
+        resized.append(np.asarray(Image.fromarray(glyph, mode="F").resize(
+            (w, h), Image.Resampling.BILINEAR)))
+    line_h = max(g.shape[0] for g in resized)
+    page = np.zeros((line_h + int(0.3 * height) + 4,
+                     sum(g.shape[1] for g in resized) + int(0.7 * height) * length + 4),
+                    np.float32)
+    previous = None
+    for glyph in resized:
+        gh, gw = glyph.shape
+        top = int(0.15 * height) + 2 + (line_h - gh) // 2 + int(rng.uniform(-0.06, 0.06) * height)
+        top = max(0, min(page.shape[0] - gh, top))
+        if previous is None:
+            x = 2
+        elif GAPS[gap] is None:
+            x = touching_left(page, glyph, top, previous)
+        else:
+            x = previous[2] + int(rng.uniform(*GAPS[gap]) * height)
+        x = max(0, min(x, page.shape[1] - gw))
+        window = page[top:top + gh, x:x + gw]
+        np.maximum(window, glyph[:window.shape[0], :window.shape[1]], out=window)
+        previous = (x, top, x + gw, top + gh)
+    return page, glyph_labels[picks]

@@ -179,6 +179,33 @@ def mnist_box(ink: np.ndarray) -> np.ndarray:
     return out / out.max()
 
 
+LINE_STRIP = 32  # a line of digits is read as a strip this many pixels high ...
+LINE_INK = 24  # ... its ink scaled to this height, centred
+LINE_MARGIN = 4  # ... with this many dark columns either side
+
+
+def line_strip(ink: np.ndarray) -> np.ndarray:
+    """Light-on-dark ink (H, W) of one line of digits -> float32 (LINE_STRIP, W') in
+    [0, 1], what models.LineReader reads: cropped to the ink, scaled (keeping the aspect
+    ratio; box-filtered when shrinking) so the ink is LINE_INK pixels high, padded by
+    LINE_MARGIN columns and to a width that is a multiple of 4. Needs some ink."""
+    from PIL import Image
+
+    x = np.asarray(ink, dtype=np.float32)
+    inked = x > INK_LEVEL * x.max()
+    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
+    x = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    width = max(1, round(x.shape[1] * LINE_INK / x.shape[0]))
+    resample = (Image.Resampling.BOX if x.shape[0] > LINE_INK
+                else Image.Resampling.BILINEAR)
+    small = np.clip(np.asarray(Image.fromarray(x, mode="F").resize((width, LINE_INK),
+                                                                   resample)), 0.0, None)
+    out = np.zeros((LINE_STRIP, -(-(width + 2 * LINE_MARGIN) // 4) * 4), np.float32)
+    top = (LINE_STRIP - LINE_INK) // 2
+    out[top:top + LINE_INK, LINE_MARGIN:LINE_MARGIN + width] = small
+    return out / max(float(out.max()), 1e-6)
+
+
 def _percentile_95(values: np.ndarray) -> float:
     """np.percentile(values, 95) (linear interpolation), by a partial sort: the number
     reader prepares dozens of candidates per image, and np.percentile's full machinery was

@@ -515,6 +515,33 @@ def _best_partition(found: Candidates, costs: Costs) -> list:
 
 
 # ---------------------------------------------------------------------------------------
+# A segmentation-free reading (models.LineReader; measured, not yet the default)
+
+
+def line_ink(gray: np.ndarray) -> np.ndarray:
+    """The ink of `gray` that `_parts` keeps (specks and ruled lines dropped), on the
+    (shrunk) image's canvas: what a line reader reads."""
+    ink = preprocess.ink_on_dark(gray)
+    ink, _ = _shrunk(ink, WORK_SIDE / max(ink.shape))
+    canvas = np.zeros_like(ink)
+    for part in _parts(ink):
+        window = canvas[part.y0:part.y1, part.x0:part.x1]
+        np.maximum(window, part.ink, out=window)
+    return canvas
+
+
+def ctc_greedy(frame_labels) -> str:
+    """A CTC best path (each frame's most likely class, 0 the blank, 1 + d digit d) ->
+    the number: repeats merged, blanks dropped ("0 3 3 0 3" -> "22")."""
+    digits, previous = [], 0
+    for label in np.asarray(frame_labels).tolist():
+        if label != previous and label != 0:
+            digits.append(str(label - 1))
+        previous = label
+    return "".join(digits)
+
+
+# ---------------------------------------------------------------------------------------
 # The model behind it
 
 
