@@ -150,6 +150,9 @@ def main():
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--split", default="validation", choices=sorted(reading_benchmark.SEEDS))
     parser.add_argument("--per_case", type=int, default=10)
+    parser.add_argument("--latency_runs", type=int, default=50)
+    parser.add_argument("--save", default="", help="write the trained variables here "
+                        "(flax.serialization msgpack)")
     args = parser.parse_args()
 
     folder = pathlib.Path(args.data_dir) if args.data_dir else testing.mnist_folder(REPO)
@@ -157,6 +160,10 @@ def main():
     train_rows, _ = data.stratified_split(raw.train_labels, 0.1, 0)
     model, variables = train(raw.train_images[train_rows], raw.train_labels[train_rows],
                              args.steps, args.seed)
+    if args.save:
+        from flax import serialization
+
+        pathlib.Path(args.save).write_bytes(serialization.to_bytes(variables))
     images, labels = reading_benchmark.digits_of(args.split, args.data_dir)
     cases = testing.number_cases(images, labels, args.per_case,
                                  seed=reading_benchmark.SEEDS[args.split])
@@ -169,6 +176,19 @@ def main():
     started = time.perf_counter()
     results = {"line reader": tally(cases, read)}
     per_number = (time.perf_counter() - started) / len(cases)
+    longest = max((c for c in cases if c["kind"] == "touching"), key=lambda c: c["length"])
+    times = []
+    for run in range(args.latency_runs + 1):  # the first compiles its width
+        started = time.perf_counter()
+        try:
+            read(longest["image"])
+        except preprocess.BadInput:  # (synthetic test digits may be only specks)
+            pass
+        if run:
+            times.append(1000 * (time.perf_counter() - started))
+    latency = (f"a {longest['length']}-digit touching image {longest['image'].shape}: p50 "
+               f"{np.percentile(times, 50):.1f} ms, p99 {np.percentile(times, 99):.1f} ms "
+               f"({args.latency_runs} runs, in process)")
     if args.workdir:
         segmenter = reading.Reader.from_workdir(args.workdir)
         results["segmentation"] = tally(cases, lambda g: segmenter.read(g).number)
@@ -181,6 +201,7 @@ def main():
         label = key if isinstance(key, str) else f"{key[0]} {key[1]}"
         print(f"| {label} | " + " | ".join(f"{results[n][key] / counts[key]:.3f}"
                                             for n in names) + " |")
+    print(f"line reader latency, {latency}")
 
 
 if __name__ == "__main__":

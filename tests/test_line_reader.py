@@ -80,10 +80,12 @@ def test_the_line_reader_benchmark_trains_and_prints_its_table(tmp_path):
     repo = pathlib.Path(__file__).resolve().parent.parent
     folder = testing.write_idx_folder(tmp_path / "mnist", train_count=300, test_count=50)
     done = subprocess.run([sys.executable, str(repo / "benchmarks" / "line_reader.py"),
-                           "--steps=3", "--per_case=1", f"--data_dir={folder}"],
+                           "--steps=3", "--per_case=1", "--latency_runs=3",
+                           f"--save={tmp_path / 'line.msgpack'}", f"--data_dir={folder}"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-800:]
-    assert "trained 3 steps" in done.stdout
+    assert "trained 3 steps" in done.stdout and "line reader latency, a 6-digit" in done.stdout
     assert "18 numbers of validation digits" in done.stdout
+    assert (tmp_path / "line.msgpack").stat().st_size > 100_000
     rows = [line for line in done.stdout.splitlines() if line.startswith("| touching 6 |")]
     assert len(rows) == 1 and 0.0 <= float(rows[0].split("|")[2]) <= 1.0
