@@ -127,6 +127,12 @@ def line_reader(model, variables):
     return read
 
 
+def keys(case) -> tuple:
+    """The rows of the table a case counts in."""
+    style = f"{case['stroke']} {'light on dark' if case['light_on_dark'] else 'dark on light'}"
+    return case["kind"], (case["kind"], case["length"]), style, "all"
+
+
 def tally(cases, read) -> collections.Counter:
     right = collections.Counter()
     for case in cases:
@@ -134,10 +140,8 @@ def tally(cases, read) -> collections.Counter:
             got = read(case["image"])
         except preprocess.BadInput:
             got = ""
-        ok = got == case["number"]
-        style = f"{case['stroke']} {'light on dark' if case['light_on_dark'] else 'dark on light'}"
-        for key in (case["kind"], (case["kind"], case["length"]), style, "all"):
-            right[key] += ok
+        for key in keys(case):
+            right[key] += got == case["number"]
     return right
 
 
@@ -167,11 +171,7 @@ def main():
     images, labels = reading_benchmark.digits_of(args.split, args.data_dir)
     cases = testing.number_cases(images, labels, args.per_case,
                                  seed=reading_benchmark.SEEDS[args.split])
-    counts = collections.Counter(c["kind"] for c in cases)
-    counts.update((c["kind"], c["length"]) for c in cases)
-    counts.update(f"{c['stroke']} {'light on dark' if c['light_on_dark'] else 'dark on light'}"
-                  for c in cases)
-    counts["all"] = len(cases)
+    counts = collections.Counter(key for case in cases for key in keys(case))
     read = line_reader(model, variables)
     started = time.perf_counter()
     results = {"line reader": tally(cases, read)}

@@ -82,32 +82,42 @@ def number_image(digits_28x28, *, gap: str, stroke: str, light_on_dark: bool,
     line_h = max(g.shape[0] for g in glyphs)
     left = int(rng.uniform(0.05, 0.95) * max(1, canvas_w - total))
     base = int(rng.uniform(0.1, 0.9) * max(1, canvas_h - line_h - 8))
-    boxes, previous = [], None
     owner = np.zeros(page.shape, np.int16)
-    for index, glyph in enumerate(glyphs):
-        gh, gw = glyph.shape
-        top = min(canvas_h - gh, max(0, base + (line_h - gh) // 2
-                                     + int(rng.uniform(-0.06, 0.06) * height)))
-        if previous is not None:
-            x = previous[2] + gaps[index - 1]
-            if GAPS[gap] is None:  # slide left until the inks meet
-                x = touching_left(page, glyph, top, previous)
-        else:
-            x = left
-        x = max(0, min(x, canvas_w - gw))
-        window = page[top:top + gh, x:x + gw]
-        piece = glyph[:window.shape[0], :window.shape[1]]
-        owner[top:top + gh, x:x + gw][(piece > 128) & (piece >= window)] = index + 1
-        np.maximum(window, piece, out=window)
-        box = (x, top, x + gw, top + gh)
-        boxes.append(box)
-        previous = box
+    shifts = [int(rng.uniform(-0.06, 0.06) * height) for _ in glyphs]
+    boxes = _write_line(page, glyphs, left, base, shifts,
+                        gaps if GAPS[gap] is not None else None, owner)
     image = np.clip(page, 0, 255)
     if not light_on_dark:
         image = 255 - image
     if owners:
         return image.astype(np.uint8), boxes, owner
     return image.astype(np.uint8), boxes
+
+
+def _write_line(page, glyphs, left: int, base: int, shifts, gaps, owner=None) -> list:
+    """Pastes `glyphs` on `page` left to right, the first at column `left`, each centred on
+    the line whose top is `base` and moved `shifts[i]` pixels down; `gaps[i]` pixels after
+    the one before, or (`gaps` None) slid left until the inks meet. With `owner`, marks the
+    pixels of each glyph's ink 1 + its index. Returns each glyph's box (x0, y0, x1, y1)."""
+    line_h = max(g.shape[0] for g in glyphs)
+    boxes = []
+    for index, glyph in enumerate(glyphs):
+        gh, gw = glyph.shape
+        top = min(page.shape[0] - gh, max(0, base + (line_h - gh) // 2 + shifts[index]))
+        if not boxes:
+            x = left
+        elif gaps is None:
+            x = touching_left(page, glyph, top, boxes[-1])
+        else:
+            x = boxes[-1][2] + gaps[index - 1]
+        x = max(0, min(x, page.shape[1] - gw))
+        window = page[top:top + gh, x:x + gw]
+        piece = glyph[:window.shape[0], :window.shape[1]]
+        if owner is not None:
+            owner[top:top + gh, x:x + gw][(piece > 128) & (piece >= window)] = index + 1
+        np.maximum(window, piece, out=window)
+        boxes.append((x, top, x + gw, top + gh))
+    return boxes
 
 
 def touching_left(page: np.ndarray, glyph: np.ndarray, top: int, previous) -> int:
@@ -177,23 +187,11 @@ def line_of_glyphs(glyphs, glyph_labels, length: int, gap: str, rng: np.random.G
         w = max(1, round(glyph.shape[1] * h / glyph.shape[0]))
         resized.append(np.asarray(Image.fromarray(glyph, mode="F").resize(
             (w, h), Image.Resampling.BILINEAR)))
-    line_h = max(g.shape[0] for g in resized)
-    page = np.zeros((line_h + int(0.3 * height) + 4,
+    page = np.zeros((max(g.shape[0] for g in resized) + int(0.3 * height) + 4,
                      sum(g.shape[1] for g in resized) + int(0.7 * height) * length + 4),
                     np.float32)
-    previous = None
-    for glyph in resized:
-        gh, gw = glyph.shape
-        top = int(0.15 * height) + 2 + (line_h - gh) // 2 + int(rng.uniform(-0.06, 0.06) * height)
-        top = max(0, min(page.shape[0] - gh, top))
-        if previous is None:
-            x = 2
-        elif GAPS[gap] is None:
-            x = touching_left(page, glyph, top, previous)
-        else:
-            x = previous[2] + int(rng.uniform(*GAPS[gap]) * height)
-        x = max(0, min(x, page.shape[1] - gw))
-        window = page[top:top + gh, x:x + gw]
-        np.maximum(window, glyph[:window.shape[0], :window.shape[1]], out=window)
-        previous = (x, top, x + gw, top + gh)
+    shifts = [int(rng.uniform(-0.06, 0.06) * height) for _ in resized]
+    gaps = (None if GAPS[gap] is None
+            else [int(g * height) for g in rng.uniform(*GAPS[gap], size=length - 1)])
+    _write_line(page, resized, 2, int(0.15 * height) + 2, shifts, gaps)
     return page, glyph_labels[picks]
