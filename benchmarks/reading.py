@@ -9,7 +9,9 @@ and touching; a thin pen and a round brush; dark on light and light on dark; can
 px wide. Prints, per kind and length, the share of numbers read whole and right (a digit
 wrong, missing or extra makes the number wrong) by flaxdigits' reading and, in the same run,
 by a naive reader (connected components only, each read as one digit: no joining, no
-splitting), then the latency of reading a 6-digit image.
+splitting), then the latency of reading a 6-digit image. Where the workdir has a line reader
+(config.line_reader.steps), also each half alone: segmentation by recognition, and the line
+reader's greedy CTC reading.
 """
 
 import pathlib
@@ -79,10 +81,18 @@ def main():
     if args.tune:
         return tune(cases, reader)
     right = collections.defaultdict(lambda: [0, 0, 0])  # (kind, length) -> ours, naive, n
+    halves = collections.defaultdict(collections.Counter)  # kind -> reader -> right
     errors = []
     for case in cases:
         try:
-            ours = reader.read(case["image"]).number
+            found = reading.candidates(case["image"], reader.classify)
+            frames = None if reader.line is None else reading.line_frames(found, reader.line)
+            ours = reading.choose(found, reading.Costs(), frames).number
+            if reader.line is not None:
+                halves[case["kind"]]["segmentation"] += (
+                    reading.choose(found, reading.Costs()).number == case["number"])
+                halves[case["kind"]]["line reader"] += frames is not None and (
+                    reading.ctc_greedy(frames.log_probs.argmax(-1)) == case["number"])
         except preprocess.BadInput as e:
             ours = f"({e})"
         naive = naive_read(case["image"], reader.classify)
@@ -106,6 +116,11 @@ def main():
             total = [t + v for t, v in zip(total, (ours, naive, count))]
         print(f"| {kind} | {' | '.join(cells)} | **{total[0] / total[2]:.3f}** "
               f"({total[1] / total[2]:.3f}) |")
+    if halves:
+        print("each half alone, all lengths: " + "; ".join(
+            f"{kind} segmentation {halves[kind]['segmentation'] / n:.3f}, line reader "
+            f"{halves[kind]['line reader'] / n:.3f}" for kind in testing.NUMBER_KINDS
+            for n in [sum(right[kind, k][2] for k in lengths)]))
     by_style = collections.defaultdict(lambda: [0, 0])
     for case in cases:
         key = (case["stroke"], "light on dark" if case["light_on_dark"] else "dark on light")
@@ -156,33 +171,50 @@ def reachable(found: reading.Candidates, number: str) -> bool:
 
 
 def tune(cases, reader) -> None:
-    """Every case's candidates once, then the costs of a grid over them."""
-    import itertools
-
+    """Every case's candidates once, then the costs of a grid over them: reading.Costs, or
+    where the workdir has a line reader, reading.LineWeights (with the default Costs)."""
     found = []
     for case in cases:
         try:
-            found.append((case, reading.candidates(case["image"], reader.classify)))
+            f = reading.candidates(case["image"], reader.classify)
+            frames = None if reader.line is None else reading.line_frames(f, reader.line)
+            found.append((case, f, frames))
         except preprocess.BadInput:
-            found.append((case, None))
-    possible = sum(f is not None and reachable(f, c["number"]) for c, f in found)
+            found.append((case, None, None))
+    possible = sum(f is not None and reachable(f, c["number"]) for c, f, _ in found)
     print(f"{len(cases)} numbers; the right number is among the candidates of {possible}")
+    if reader.line is not None:
+        return tune_line_weights(found)
     grid = dict(digit=(0.0, 0.3), cut=(0.25, 0.5, 1.0), join=(0.5, 1.0, 2.0),
                 narrow_cut=(0.0, 1.0, 2.0), wide=(3.0, 8.0),
                 wide_from=(1.0, 1.25), short=(3.0, 6.0))
+    search(found, reading.Costs, grid, lambda f, frames, costs: reading.choose(f, costs))
+
+
+def search(found, kind, grid: dict, read) -> None:
+    """Prints the best settings of `kind` (a dataclass) over `grid`, and the default's
+    score: `read(candidates, frames, settings)` -> a Reading."""
+    import itertools
+
     results = []
     for values in itertools.product(*grid.values()):
-        costs = reading.Costs(**dict(zip(grid, values)))
+        settings = kind(**dict(zip(grid, values)))
         right = collections.Counter()
-        for case, f in found:
-            if f is not None and reading.choose(f, costs).number == case["number"]:
+        for case, f, frames in found:
+            if f is not None and read(f, frames, settings).number == case["number"]:
                 right[case["kind"]] += 1
-        results.append((sum(right.values()), dict(right), costs))
+        results.append((sum(right.values()), dict(right), settings))
     results.sort(key=lambda r: -r[0])
-    for total, right, costs in results[:8]:
-        print(total, right, costs)
-    default = next(r for r in results if r[2] == reading.Costs())
+    for total, right, settings in results[:8]:
+        print(total, right, settings)
+    default = next(r for r in results if r[2] == kind())
     print("default:", default[0], default[1])
+
+
+def tune_line_weights(found) -> None:
+    grid = dict(line=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0), unsegmented=(0.0, 1.0, 2.0, 4.0, 8.0, 1e9))
+    search(found, reading.LineWeights, grid, lambda f, frames, weights: reading.choose(
+        f, reading.Costs(), frames, weights))
 
 
 if __name__ == "__main__":

@@ -84,4 +84,14 @@ def get_config() -> ml_collections.ConfigDict:
     # validation, checkpoints' inference and the report use; 0 = none (the parameters).
     config.optim.ema_decay = 0.0
     config.optim.label_smoothing = 0.0  # share of each training target spread over all 10
+
+    # A segmentation-free reader of whole lines of digits (models.LineReader, CTC), trained
+    # after the classifier on lines written with the training digits
+    # (flaxdigits/training/line.py) and saved in W/line_reader/; the number reader
+    # (serving/reading.py) weighs its reading against segmentation's. 0 steps = none.
+    config.line_reader = ml_collections.ConfigDict()
+    config.line_reader.steps = 0
+    config.line_reader.batch_size = 64  # lines per step
+    config.line_reader.learning_rate = 2e-3  # Adam's peak (warmup, then cosine decay)
+    config.line_reader.glyphs = 20_000  # training digits redrawn (pen, brush) to compose lines of
     return config

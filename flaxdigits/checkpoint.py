@@ -19,7 +19,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from flaxdigits import runtime
 from flaxdigits.errors import FlaxDigitsError
-from flaxdigits.workdir import Workdir
+from flaxdigits.workdir import Workdir, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +198,7 @@ class Checkpoints:
     def restore_variables(self, step: int) -> dict:
         """{'params': ..., and 'batch_stats': ... where the model has BatchNorm} saved at
         `step`, as host arrays, for inference (no optimizer needed)."""
-        # Restore onto this process's first device, whatever the saving run's devices were
-        # (a model trained on 8 TPU cores loads on a laptop).
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree_util.tree_map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
-            self.manager.item_metadata(step)["state"])
+        target = on_first_device(self.manager.item_metadata(step)["state"])
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target)))
         # The parameters' moving average where training kept one: what evaluation used.
@@ -228,6 +223,15 @@ class Checkpoints:
                         one_line(e))
 
 
+def on_first_device(abstract_tree):
+    """Shapes and dtypes to restore onto this process's first device, whatever the saving
+    run's devices were (a model trained on 8 TPU cores loads on a laptop)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+        abstract_tree)
+
+
 def _sync_processes(name: str) -> None:
     """Waits for every process of a multi-process run to get here (nothing for one)."""
     if jax.process_count() > 1:
@@ -239,3 +243,57 @@ def _sync_processes(name: str) -> None:
 def one_line(error: Exception) -> str:
     text = " ".join(str(error).split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+# ---------------------------------------------------------------------------------------
+# The line reader (training/line.py): trained after the classifier, kept apart from its
+# checkpoints. W/line_reader/ holds its variables (orbax writes a temporary folder and
+# renames it), W/line_reader.json its settings and figures, written last: without that
+# file, or with another model's settings, there is no line reader (it is trained again).
+
+
+def line_reader_paths(workdir) -> tuple:
+    path = Workdir(workdir).path.absolute()
+    return path / "line_reader", path / "line_reader.json"
+
+
+def save_line_reader(workdir, variables: dict, info: dict) -> None:
+    folder, info_file = line_reader_paths(workdir)
+    try:
+        info_file.unlink(missing_ok=True)  # the old figures go before the old variables
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(folder, jax.device_get(variables), force=True)
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        write_atomically(info_file, json.dumps(info, indent=1) + "\n")
+    except Exception as e:  # noqa: BLE001 (a full disk, a read-only folder, ...)
+        for partial in folder.parent.glob(folder.name + "*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise FlaxDigitsError(
+            f"{folder}: saving the line reader failed ({type(e).__name__}: "
+            f"{one_line(e)[:200]}); the classifier's checkpoints are intact: free the space "
+            f"(or fix the folder) and run the same command to train it again") from None
+
+
+def read_line_reader_info(workdir) -> Optional[dict]:
+    """The saved line reader's settings and figures, or None where there is none whole."""
+    folder, info_file = line_reader_paths(workdir)
+    try:
+        info = json.loads(info_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and folder.is_dir() else None
+
+
+def restore_line_reader(workdir, abstract_variables) -> dict:
+    """The saved line reader's variables, shaped as `abstract_variables`, as host arrays.
+    Raises FlaxDigitsError (one line) where they cannot be read."""
+    folder, _ = line_reader_paths(workdir)
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        variables = checkpointer.restore(folder, on_first_device(abstract_variables))
+        checkpointer.close()
+    except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
+        raise FlaxDigitsError(f"{folder}: the line reader cannot be read "
+                              f"({type(e).__name__}: {one_line(e)[:200]})") from None
+    return jax.device_get(variables)

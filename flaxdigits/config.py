@@ -125,6 +125,10 @@ FIELDS: dict[str, Rule] = {
     "data.split_seed": integer(0, 2**32 - 1),
     "data.cut_pieces": number(0, 1),
     "data.read_pieces": number(0, 1),
+    "line_reader.steps": integer(0, MAX_STEPS),
+    "line_reader.batch_size": integer(1, MAX_BATCH),
+    "line_reader.learning_rate": number(0, low_open=True),
+    "line_reader.glyphs": integer(10, 1_000_000),
     "augment.rotation_degrees": number(0, 180),
     "augment.scale": number(0, 1, high_open=True),
     "augment.translation_pixels": number(0, IMAGE_SIDE / 2),
@@ -387,6 +391,10 @@ RESUMABLE_CHANGES = frozenset({
     "profile_steps",
     "data.dir", "data.cache_dir", "data.tfds_data_dir",
     "inference.tta_views", "inference.ensemble_workdirs",
+    # The line reader is trained after the classifier and kept apart (W/line_reader/): a
+    # change retrains it alone (training/line.py).
+    "line_reader.steps", "line_reader.batch_size", "line_reader.learning_rate",
+    "line_reader.glyphs",
 })
 
 
@@ -396,7 +404,9 @@ ADDED_FIELDS = {"optim.b1": 0.9, "optim.b2": 0.999, "optim.ema_decay": 0.0,
                 "optim.label_smoothing": 0.0, "augment.clean_final_epochs": 0,
                 "model.kernel_size": 3, "augment.elastic_alpha": 0.0,
                 "augment.elastic_sigma": 4.0, "data.cut_pieces": 0.0,
-                "data.read_pieces": 0.0}
+                "data.read_pieces": 0.0, "line_reader.steps": 0,
+                "line_reader.batch_size": 64, "line_reader.learning_rate": 2e-3,
+                "line_reader.glyphs": 20_000}
 
 
 def check_resumable(config, workdir: Workdir) -> None:

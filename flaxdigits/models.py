@@ -132,8 +132,9 @@ class LineReader(nn.Module):
     (N, LINE_STRIP, W, 1) in [0, 1], W a multiple of 4 (serving/preprocess.line_strip) ->
     float32 logits (N, W / 4, 11) per column frame, class 0 the CTC blank and 1 + d digit
     d. Four conv 3x3 + BatchNorm + relu blocks pool the height to 2 and the width by 4;
-    then a dense layer and residual 1-D convolutions along the line. Not yet used by the
-    reading module: benchmarks/line_reader.py trains and measures it (docs/reading.md)."""
+    then a dense layer and residual 1-D convolutions along the line. Trained by
+    training/line.py (config.line_reader); serving/reading.py weighs its reading against
+    segmentation's (docs/reading.md)."""
 
     conv_features: Sequence[int] = (16, 32, 64, 64)
     sequence_features: int = 128

@@ -55,6 +55,14 @@ BAD_VALUES = [
     ("data.split_seed", -3, "config.data.split_seed=-3 must be an integer from 0"),
     ("data.cut_pieces", 1.5, "config.data.cut_pieces=1.5 must be a number in [0, 1]"),
     ("data.read_pieces", -0.1, "config.data.read_pieces=-0.1 must be a number in [0, 1]"),
+    ("line_reader.steps", -1, "config.line_reader.steps=-1 must be an integer from 0 to "
+                              "1000000000"),
+    ("line_reader.batch_size", 0, "config.line_reader.batch_size=0 must be an integer from 1 "
+                                  "to 65536"),
+    ("line_reader.learning_rate", 0.0, "config.line_reader.learning_rate=0.0 must be a finite "
+                                       "number > 0"),
+    ("line_reader.glyphs", 5, "config.line_reader.glyphs=5 must be an integer from 10 to "
+                              "1000000"),
     ("model.name", "vgg", "config.model.name='vgg' must be one of 'cnn', 'fast_cnn', "
                           "'deep_cnn'"),
     ("model.conv_features", (), "config.model.conv_features=() must be a non-empty list of "

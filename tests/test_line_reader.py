@@ -1,5 +1,6 @@
-"""The segmentation-free line reader's pieces: the strip it reads, the lines it trains on,
-the model's shapes and the CTC decoding (benchmarks/line_reader.py trains and measures it)."""
+"""The segmentation-free line reader: the strip it reads, the lines it trains on, the
+model's shapes, CTC decoding and scoring, how the reader weighs it against segmentation,
+and its training in a run (training/line.py)."""
 
 import jax
 import numpy as np
@@ -69,23 +70,125 @@ def test_line_reader_gives_a_frame_per_4_columns_and_trains_with_ctc():
     assert float(loss(params)) < 0.5 * first
 
 
+def frames_spelling(number: str, frames: int = 40, sure: float = 0.99) -> np.ndarray:
+    """(frames, 11) log-probabilities whose best path spells `number`: each digit on two
+    frames of its own, blanks between and around."""
+    labels = np.zeros(frames, np.int64)
+    at = 3
+    for digit in number:
+        labels[at:at + 2] = int(digit) + 1
+        at += 4
+    probs = np.full((frames, 11), (1 - sure) / 10, np.float32)
+    probs[np.arange(frames), labels] = sure
+    return np.log(probs)
+
+
+@pytest.mark.parametrize("number", ["7", "42", "113", "0000"])
+def test_ctc_nll_is_optax_ctc_loss(number):
+    rng = np.random.default_rng(len(number))
+    log_probs = np.asarray(jax.nn.log_softmax(rng.normal(size=(20, 11)) * 2), np.float32)
+    labels = np.asarray([[int(d) + 1 for d in number]], np.int32)
+    expected = optax.ctc_loss(log_probs[None], np.zeros((1, 20)), labels,
+                              np.zeros(labels.shape))
+    assert reading.ctc_nll(log_probs, number) == pytest.approx(float(expected[0]), rel=1e-4)
+    assert reading.ctc_nll(frames_spelling(number), number) < 1.0
+    assert reading.ctc_nll(log_probs[:1], "1234") == np.inf  # too few frames to spell it
+
+
+def line_says(number):
+    return lambda strip: frames_spelling(number, frames=strip.shape[1] // reading.FRAME)
+
+
+def two_bars():
+    page = np.full((120, 400), 255, np.uint8)
+    page[30:90, 100:108] = 0
+    page[30:90, 250:258] = 0
+    return page
+
+
+def test_the_line_reader_overrules_a_doubtful_segmentation_with_the_same_boxes():
+    def doubtful(images_nhw):  # reads 1s, barely sure of them, 7 a close second
+        p = np.full((len(images_nhw), 10), 0.01, np.float32)
+        p[:, 1], p[:, 7] = 0.5, 0.42
+        return p
+
+    segmented = reading.read(two_bars(), doubtful)
+    result = reading.read(two_bars(), doubtful, line=line_says("77"))
+    assert segmented.number == "11" and result.number == "77"
+    assert [d.box for d in result.digits] == [d.box for d in segmented.digits]
+    assert [d.label for d in result.digits] == [7, 7]
+    assert result.digits[0].probability == pytest.approx(0.42)
+
+
+def test_a_sure_segmentation_is_not_overruled_by_a_doubtful_line():
+    result = reading.read(two_bars(), sure_of_anything(), line=lambda strip: np.log(
+        np.full((strip.shape[1] // reading.FRAME, 11), 1 / 11, np.float32)) + frames_spelling(
+        "7", strip.shape[1] // reading.FRAME, sure=0.3))
+    assert result.number == "11"
+
+
+def sure_of_anything():
+    def classify(images_nhw):
+        p = np.full((len(images_nhw), 10), 0.001, np.float32)
+        p[:, 1] = 0.991
+        return p
+    return classify
+
+
+def test_digits_no_cut_can_part_come_from_the_line_readers_frames():
+    page = np.full((120, 400), 255, np.uint8)
+    page[30:90, 150:200] = 0  # one blob, too narrow to cut: segmentation reads one digit
+    strip_width = preprocess.line_strip(255.0 - page).shape[1]
+    frames = strip_width // reading.FRAME
+    log_probs = frames_spelling("", frames)
+    log_probs[1:3] = frames_spelling("3", 4)[3:5]  # a 3 on the blob's left ...
+    log_probs[6:8] = frames_spelling("8", 4)[3:5]  # ... and an 8 on its right
+    result = reading.read(page, sure_of_anything(), line=lambda strip: log_probs,
+                          weights=reading.LineWeights(unsegmented=0.0))
+    assert result.number == "38"
+    (a0, ay0, a1, ay1), (b0, _, b1, _) = [d.box for d in result.digits]
+    assert a0 == 150 and b1 == 200 and a1 == b0 and 160 < a1 < 190 and (ay0, ay1) == (30, 90)
+    assert result.digits[0].label == 3 and result.digits[0].probability > 0.9
+    assert all(d.image.shape == (28, 28) and d.image.max() > 0 for d in result.digits)
+
+
+def test_a_line_too_wide_for_the_line_reader_is_read_by_segmentation():
+    result = reading.read(two_bars(), sure_of_anything(), line=lambda strip: None)
+    assert result.number == "11"
+
+
 @pytest.mark.slow
-def test_the_line_reader_benchmark_trains_and_prints_its_table(tmp_path):
-    import pathlib
-    import subprocess
-    import sys
+def test_a_run_trains_its_line_reader_once_and_the_reader_uses_it(tmp_path, synthetic_dir,
+                                                                   tiny_config, caplog):
+    import shutil
 
-    from flaxdigits import testing
+    from flaxdigits import checkpoint
+    from flaxdigits.training import loop
 
-    repo = pathlib.Path(__file__).resolve().parent.parent
-    folder = testing.write_idx_folder(tmp_path / "mnist", train_count=300, test_count=50)
-    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "line_reader.py"),
-                           "--steps=3", "--per_case=1", "--latency_runs=3",
-                           f"--save={tmp_path / 'line.msgpack'}", f"--data_dir={folder}"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-800:]
-    assert "trained 3 steps" in done.stdout and "line reader latency, a 6-digit" in done.stdout
-    assert "18 numbers of validation digits" in done.stdout
-    assert (tmp_path / "line.msgpack").stat().st_size > 100_000
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| touching 6 |")]
-    assert len(rows) == 1 and 0.0 <= float(rows[0].split("|")[2]) <= 1.0
+    config = tiny_config(**{"data.dir": str(synthetic_dir), "num_epochs": 1,
+                            "line_reader.steps": 4, "line_reader.glyphs": 100,
+                            "line_reader.batch_size": 8})
+    loop.train_and_evaluate(config, tmp_path / "w")
+    info = checkpoint.read_line_reader_info(tmp_path / "w")
+    assert info["steps"] == 4 and info["settings"]["glyphs"] == 100
+    reader = reading.Reader.from_workdir(tmp_path / "w")
+    assert reader.line is not None
+    assert reader.read(two_bars()).number.isdigit()
+
+    stamp = (tmp_path / "w" / "line_reader.json").stat().st_mtime_ns
+    loop.train_and_evaluate(config, tmp_path / "w")  # the same settings: nothing retrained
+    assert (tmp_path / "w" / "line_reader.json").stat().st_mtime_ns == stamp
+    config.line_reader.steps = 6  # other settings: the line reader alone is trained again
+    loop.train_and_evaluate(config, tmp_path / "w")
+    assert checkpoint.read_line_reader_info(tmp_path / "w")["steps"] == 6
+
+    # A damaged line reader: a warning, and numbers are read by segmentation alone.
+    for item in (tmp_path / "w" / "line_reader").rglob("*"):
+        if item.is_file() and item.stat().st_size > 1000:
+            item.write_bytes(b"\0" * 64)
+    with caplog.at_level("WARNING"):
+        reader = reading.Reader.from_workdir(tmp_path / "w")
+    assert reader.line is None and "the line reader cannot be read" in caplog.text
+    assert reader.read(two_bars()).number.isdigit()
+    shutil.rmtree(tmp_path / "w" / "line_reader")
+    assert reading.Reader.from_workdir(tmp_path / "w").line is None

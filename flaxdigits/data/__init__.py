@@ -61,6 +61,9 @@ class Dataset:
     # What the training data is, wherever it lies: {'examples': N, 'sha256': ...} of the
     # training images and labels as read (before the validation split).
     fingerprint: dict = dataclasses.field(default_factory=dict)
+    # How many of `train`'s first examples are the training digits themselves (the rest
+    # are pieces: data.cut_pieces, data.read_pieces); None = all of them.
+    train_digits: Optional[int] = None
 
 
 def fingerprint(raw: RawDigits) -> dict:
@@ -141,7 +144,7 @@ def make_splits(raw: RawDigits, *, validation_fraction: float, split_seed: int,
             log.info("Training split: %d %s added (data.%s=%g)", count, what, field, share)
             train = Split(np.concatenate([train.images, images]),
                           np.concatenate([train.labels, targets]))
-    return Dataset(train, validation, test, source, fingerprint(raw))
+    return Dataset(train, validation, test, source, fingerprint(raw), train_digits=len(keep))
 
 
 def load_dataset(data_config) -> Dataset:

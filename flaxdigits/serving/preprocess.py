@@ -184,6 +184,14 @@ LINE_INK = 24  # ... its ink scaled to this height, centred
 LINE_MARGIN = 4  # ... with this many dark columns either side
 
 
+def ink_box(ink: np.ndarray) -> tuple:
+    """(x0, y0, x1, y1), x1 and y1 exclusive, of the pixels of light-on-dark `ink` above
+    INK_LEVEL of its brightest. Needs some ink."""
+    inked = ink > INK_LEVEL * ink.max()
+    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def line_strip(ink: np.ndarray) -> np.ndarray:
     """Light-on-dark ink (H, W) of one line of digits -> float32 (LINE_STRIP, W') in
     [0, 1], what models.LineReader reads: cropped to the ink, scaled (keeping the aspect
@@ -192,9 +200,8 @@ def line_strip(ink: np.ndarray) -> np.ndarray:
     from PIL import Image
 
     x = np.asarray(ink, dtype=np.float32)
-    inked = x > INK_LEVEL * x.max()
-    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
-    x = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    x0, y0, x1, y1 = ink_box(x)
+    x = x[y0:y1, x0:x1]
     width = max(1, round(x.shape[1] * LINE_INK / x.shape[0]))
     resample = (Image.Resampling.BOX if x.shape[0] > LINE_INK
                 else Image.Resampling.BILINEAR)

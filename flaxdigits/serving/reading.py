@@ -21,6 +21,13 @@ How (segmentation by recognition; Casey & Lecolinet 1996):
      each digit costs -log(its probability), plus penalties for its cuts (and the strokes
      they go through) and for shapes no digit has (wider than tall, much shorter than its
      neighbours).
+  6. where the workdir has a line reader (models.LineReader, config.line_reader), it reads
+     the whole line of ink too, with no cuts to choose (CTC, greedy decoding); where its
+     number differs from segmentation's, each number is scored by its partition's cost plus
+     -log of the line reader's probability of it (LineWeights), and the cheaper one is the
+     reading. The line reader's number keeps the boxes of the least-cost partition into its
+     digits, or where no partition gives it (digits touching in a part too narrow to cut),
+     boxes between the frames that spell each digit.
 A single digit is a number of length 1: the same path reads it.
 """
 
@@ -104,11 +111,15 @@ class Reading(NamedTuple):
         return max(self.digits, key=lambda d: d.probability)
 
 
-def read(gray: np.ndarray, classify: Classify, costs: "Costs" = None) -> Reading:
+def read(gray: np.ndarray, classify: Classify, costs: "Costs" = None,
+         line: Optional["LineModel"] = None, weights: "LineWeights" = None) -> Reading:
     """The number in `gray` (H, W), values in 0..255, dark-on-light or light-on-dark.
-    `classify` maps a batch of MNIST-style digits to probabilities (it is called once).
+    `classify` maps a batch of MNIST-style digits to probabilities (it is called once);
+    `line`, where there is one, reads the whole line too (see `choose`).
     Raises BadInput (422) where no digit is found or there are more than MAX_DIGITS."""
-    return choose(candidates(gray, classify), costs or Costs())
+    found = candidates(gray, classify)
+    frames = None if line is None else line_frames(found, line)
+    return choose(found, costs or Costs(), frames, weights or LineWeights())
 
 
 class Candidates(NamedTuple):
@@ -119,6 +130,7 @@ class Candidates(NamedTuple):
     slices: int  # how many slices the segments cover
     height: int  # the line's height, in the (shrunk) image's pixels
     scale: float  # the (shrunk) image's size / the image's
+    ink: np.ndarray  # the parts' ink on the (shrunk) image's canvas: what a line reader reads
 
 
 def candidates(gray: np.ndarray, classify: Classify) -> Candidates:
@@ -147,20 +159,70 @@ def unclassified_candidates(gray: np.ndarray) -> Candidates:
     segments = _segments(slices, height)
     if not segments:
         raise BadInput(422, "no digits found: the marks are too faint or too small")
-    return Candidates(segments, None, len(slices), height, scale)
+    return Candidates(segments, None, len(slices), height, scale, _canvas(parts, ink.shape))
 
 
-def choose(found: Candidates, costs: "Costs") -> Reading:
-    """The least-cost reading among `found`."""
+def _canvas(parts: list, shape: tuple) -> np.ndarray:
+    canvas = np.zeros(shape, np.float32)
+    for part in parts:
+        window = canvas[part.y0:part.y1, part.x0:part.x1]
+        np.maximum(window, part.ink, out=window)
+    return canvas
+
+
+@dataclasses.dataclass(frozen=True)
+class LineWeights:
+    """How a line reader's reading is weighed against segmentation's, where they differ:
+    each number costs its partition's cost (Costs; for the line reader's number, the
+    least-cost partition into exactly its digits) plus `line` times -log of the line
+    reader's probability of it (CTC). A number no partition of the slices gives (digits
+    touching in a part too narrow to cut) costs the segmentation's best plus `unsegmented`.
+    Chosen on validation strings (`benchmarks/reading.py --split=validation --tune
+    --per_case=10`, configs/page.py's models, 2026-12-03): 153 of 180 right, the best of a
+    grid of line 0.25-8 and unsegmented 0-8 or never (2.0: 152; 0: 152)."""
+
+    line: float = 1.0
+    unsegmented: float = 1.0
+
+
+def choose(found: Candidates, costs: "Costs", frames: Optional["LineFrames"] = None,
+           weights: "LineWeights" = None) -> Reading:
+    """The least-cost reading among `found`; with a line reader's `frames`, segmentation's
+    reading or the line reader's, whichever costs less (LineWeights)."""
+    weights = weights or LineWeights()
+    path, cost = _best_partition(found, costs)
+    segmented = _reading(found, path)
+    if frames is None:
+        return segmented
+    number = ctc_greedy(frames.log_probs.argmax(-1))
+    if not number or number == segmented.number or len(number) > MAX_DIGITS:
+        return segmented
+    constrained = _best_partition(found, costs, number)
+    line_cost = (constrained[1] if constrained is not None else cost + weights.unsegmented)
+    if (cost + weights.line * ctc_nll(frames.log_probs, segmented.number)
+            <= line_cost + weights.line * ctc_nll(frames.log_probs, number)):
+        return segmented
+    if constrained is not None:
+        return _reading(found, constrained[0], number)
+    return _frame_reading(found, frames, number)
+
+
+def _reading(found: Candidates, path: list, number: Optional[str] = None) -> Reading:
+    """The digits of the segments `path`: each its most likely label, or `number`'s."""
     digits = []
-    for index in _best_partition(found, costs):
+    for k, index in enumerate(path):
         p = found.probabilities[index]
-        x0, y0, x1, y1 = found.segments[index].box
-        box = (int(x0 / found.scale), int(y0 / found.scale), int(np.ceil(x1 / found.scale)),
-               int(np.ceil(y1 / found.scale)))
-        digits.append(Digit(int(p.argmax()), float(p.max()), box,
+        label = int(p.argmax()) if number is None else int(number[k])
+        digits.append(Digit(label, float(p[label]), _image_box(found, found.segments[index].box),
                             found.segments[index].image, p))
     return Reading("".join(str(d.label) for d in digits), tuple(digits))
+
+
+def _image_box(found: Candidates, box) -> tuple:
+    """A box in the (shrunk) image -> the same box in the image's own pixels."""
+    x0, y0, x1, y1 = box
+    return (int(x0 / found.scale), int(y0 / found.scale), int(np.ceil(x1 / found.scale)),
+            int(np.ceil(y1 / found.scale)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -480,54 +542,84 @@ def _segment(run: list, first: int, last: int, height: int) -> Optional[Segment]
 # 5. The partition of the slices into digits that costs least
 
 
-def _best_partition(found: Candidates, costs: Costs) -> list:
-    """Indices into `found.segments` of the least-cost partition of its slices."""
+def _best_partition(found: Candidates, costs: Costs, number: Optional[str] = None):
+    """(indices into `found.segments` of the least-cost partition of its slices, its cost).
+    With `number`: the least-cost partition into exactly its digits, each segment read as
+    its digit, or None where there is none."""
     count = found.slices
-    best = np.full(count + 1, np.inf)
-    best[0] = 0.0
-    back = [-1] * (count + 1)
+    states = 1 if number is None else len(number) + 1  # digits read so far, when constrained
+    best = np.full((count + 1, states), np.inf)
+    best[0, 0] = 0.0
+    back = np.full((count + 1, states), -1)
     by_first: dict = {}
     for index, s in enumerate(found.segments):
         by_first.setdefault(s.first, []).append(index)
     for first in range(count):
-        if not np.isfinite(best[first]):
-            continue
-        # A slice may be left out (a stray mark), at a price: never the cheap way out.
-        if best[first] + costs.skip < best[first + 1]:
-            best[first + 1], back[first + 1] = best[first] + costs.skip, -1
-        for index in by_first.get(first, []):
-            s = found.segments[index]
-            cost = best[first] + costs.of(float(found.probabilities[index].max()), s,
-                                          found.height)
-            if cost < best[s.last]:
-                best[s.last], back[s.last] = cost, index
+        for k in range(states):
+            if not np.isfinite(best[first, k]):
+                continue
+            # A slice may be left out (a stray mark), at a price: never the cheap way out.
+            if best[first, k] + costs.skip < best[first + 1, k]:
+                best[first + 1, k], back[first + 1, k] = best[first, k] + costs.skip, -1
+            if number is not None and k == len(number):
+                continue
+            after = 0 if number is None else k + 1
+            for index in by_first.get(first, []):
+                s = found.segments[index]
+                p = found.probabilities[index]
+                probability = float(p.max() if number is None else p[int(number[k])])
+                cost = best[first, k] + costs.of(probability, s, found.height)
+                if cost < best[s.last, after]:
+                    best[s.last, after], back[s.last, after] = cost, index
+    k = states - 1
+    total = float(best[count, k])
+    if not np.isfinite(total):
+        return None
     path, at = [], count
     while at > 0:
-        index = back[at]
+        index = int(back[at, k])
         if index < 0:  # a slice left out
             at -= 1
             continue
         path.append(index)
         at = found.segments[index].first
+        k = 0 if number is None else k - 1
     if not path:
+        if number is not None:
+            return None
         raise BadInput(422, "no digits found: the marks are too faint or too small")
-    return path[::-1]
+    return path[::-1], total
 
 
 # ---------------------------------------------------------------------------------------
-# A segmentation-free reading (models.LineReader; measured, not yet the default)
+# The line reader (models.LineReader, trained with CTC by training/line.py): it reads the
+# whole line of ink at once, so digits that touch need no cut; `choose` weighs its number
+# against segmentation's.
+
+LineModel = Callable[[np.ndarray], np.ndarray]  # strip (LINE_STRIP, W) -> (W/4, 11) log-probs
+FRAME = 4  # strip columns per frame of the line reader
+
+
+class LineFrames(NamedTuple):
+    log_probs: np.ndarray  # (frames, 11): class 0 the CTC blank, 1 + d digit d
+    x0: float  # the strip's column LINE_MARGIN is this column of the (shrunk) image ...
+    factor: float  # ... and it has this many strip columns per image column
+
+
+def line_frames(found: Candidates, line: LineModel) -> Optional[LineFrames]:
+    """The line reader's frames of `found`'s ink; None where the line is wider than the
+    line reader reads (segmentation alone reads it)."""
+    x0, y0, _, y1 = preprocess.ink_box(found.ink)
+    log_probs = line(preprocess.line_strip(found.ink))
+    if log_probs is None:
+        return None
+    return LineFrames(np.asarray(log_probs, np.float32), float(x0), preprocess.LINE_INK / (y1 - y0))
 
 
 def line_ink(gray: np.ndarray) -> np.ndarray:
-    """The ink of `gray` that `_parts` keeps (specks and ruled lines dropped), on the
+    """The ink of `gray` that the reader keeps (specks and ruled lines dropped), on the
     (shrunk) image's canvas: what a line reader reads."""
-    ink = preprocess.ink_on_dark(gray)
-    ink, _ = _shrunk(ink, WORK_SIDE / max(ink.shape))
-    canvas = np.zeros_like(ink)
-    for part in _parts(ink):
-        window = canvas[part.y0:part.y1, part.x0:part.x1]
-        np.maximum(window, part.ink, out=window)
-    return canvas
+    return unclassified_candidates(gray).ink
 
 
 def ctc_greedy(frame_labels) -> str:
@@ -539,6 +631,66 @@ def ctc_greedy(frame_labels) -> str:
             digits.append(str(label - 1))
         previous = label
     return "".join(digits)
+
+
+def ctc_nll(log_probs: np.ndarray, number: str) -> float:
+    """-log of the probability that the frames' `log_probs` (T, 11) spell `number`, summed
+    over every path of blanks and repeats (the CTC forward algorithm)."""
+    extended = [0]
+    for digit in number:
+        extended += [int(digit) + 1, 0]
+    extended = np.asarray(extended)
+    # A path may skip the blank between two different digits, never between two the same.
+    skip = np.zeros(len(extended), bool)
+    skip[2:] = (extended[2:] != 0) & (extended[2:] != extended[:-2])
+    alpha = np.full(len(extended), -np.inf)
+    alpha[0] = log_probs[0, 0]
+    if len(extended) > 1:
+        alpha[1] = log_probs[0, extended[1]]
+    for t in range(1, len(log_probs)):
+        stay_or_step = np.logaddexp(alpha, np.concatenate([[-np.inf], alpha[:-1]]))
+        jump = np.where(skip, np.concatenate([[-np.inf, -np.inf], alpha[:-2]]), -np.inf)
+        alpha = np.logaddexp(stay_or_step, jump) + log_probs[t, extended]
+    end = np.logaddexp(alpha[-1], alpha[-2]) if len(extended) > 1 else alpha[-1]
+    return float(-end) if np.isfinite(end) else np.inf
+
+
+def _frame_reading(found: Candidates, frames: LineFrames, number: str) -> Reading:
+    """`number` read by the line reader where no partition of the slices gives it: each
+    digit's ink lies between the midpoints of the gaps between the frames that spell it;
+    its probability is the line reader's, at its most certain frame."""
+    labels = frames.log_probs.argmax(-1)
+    runs, previous = [], 0  # [first frame, last frame] of each digit
+    for t, label in enumerate(labels.tolist()):
+        if label != 0 and label != previous:
+            runs.append([t, t])
+        elif label != 0:
+            runs[-1][1] = t
+        previous = label
+
+    def column(strip_column: float) -> int:  # strip column -> (shrunk) image column
+        return int(round(frames.x0 + (strip_column - preprocess.LINE_MARGIN) / frames.factor))
+
+    width = found.ink.shape[1]
+    edges = [0] + [column(FRAME * (a[1] + 1 + b[0]) / 2) for a, b in zip(runs[:-1], runs[1:])]
+    edges = np.clip(edges + [width], 0, width)
+    digits = []
+    for k, (first, last) in enumerate(runs):
+        label = int(number[k])
+        lo, hi = int(edges[k]), int(max(edges[k + 1], edges[k] + 1))
+        crop = found.ink[:, lo:hi]
+        rows, cols = np.flatnonzero(crop.any(axis=1)), np.flatnonzero(crop.any(axis=0))
+        if len(rows):
+            box = (lo + int(cols[0]), int(rows[0]), lo + int(cols[-1]) + 1, int(rows[-1]) + 1)
+            image = preprocess.mnist_box(crop[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+        else:
+            box = (lo, 0, hi, found.ink.shape[0])
+            image = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
+        peak = first + int(frames.log_probs[first:last + 1, label + 1].argmax())
+        p = np.exp(frames.log_probs[peak, 1:])
+        p = (p / p.sum()).astype(np.float32)
+        digits.append(Digit(label, float(p[label]), _image_box(found, box), image, p))
+    return Reading(number, tuple(digits))
 
 
 # ---------------------------------------------------------------------------------------
@@ -553,12 +705,14 @@ BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512)
 class Reader:
     """A trained model, compiled once for every batch size in BUCKETS, that reads numbers.
 
-    `Reader.from_workdir(W)` loads a workdir's best checkpoint; `Reader(classify)` wraps any
-    function of (N, 28, 28) MNIST-style digits to (N, 10) probabilities."""
+    `Reader.from_workdir(W)` loads a workdir's best checkpoint, and its line reader where it
+    has one (W/line_reader/, compiled for every width in LINE_BUCKETS); `Reader(classify)`
+    wraps any function of (N, 28, 28) MNIST-style digits to (N, 10) probabilities."""
 
-    def __init__(self, classify: Classify, trained=None):
+    def __init__(self, classify: Classify, trained=None, line: Optional[LineModel] = None):
         self.classify = classify
         self.trained = trained  # inference.Trained, where it came from a workdir
+        self.line = line
 
     @classmethod
     def from_workdir(cls, workdir, which: str = "best") -> "Reader":
@@ -583,10 +737,51 @@ class Reader:
 
         for size in BUCKETS:  # compile now, not on a request
             classify(np.zeros((size, IMAGE_SIDE, IMAGE_SIDE), np.float32))
-        return cls(classify, trained)
+        return cls(classify, trained, _load_line_model(workdir))
 
     def read(self, gray: np.ndarray) -> Reading:
-        return read(gray, self.classify)
+        return read(gray, self.classify, line=self.line)
+
+
+# Strip widths compiled for the line reader; a strip is padded to the next one, and one
+# wider than the last is read by segmentation alone (a 6-digit number is about 170 wide).
+LINE_BUCKETS = (64, 128, 192, 256, 384, 512, 768, 1024)
+
+
+def _load_line_model(workdir) -> Optional[LineModel]:
+    """The workdir's line reader, compiled; None where it has none, or one that cannot be
+    read (with a warning: segmentation alone still reads numbers)."""
+    import logging
+
+    import jax
+
+    from flaxdigits import checkpoint, models
+    from flaxdigits.errors import FlaxDigitsError
+
+    if checkpoint.read_line_reader_info(workdir) is None:
+        return None
+    model = models.LineReader()
+    blank = np.zeros((1, preprocess.LINE_STRIP, LINE_BUCKETS[0], 1), np.float32)
+    try:
+        variables = checkpoint.restore_line_reader(
+            workdir, jax.eval_shape(model.init, jax.random.key(0), blank))
+    except FlaxDigitsError as e:
+        logging.getLogger(__name__).warning("%s; numbers are read by segmentation alone", e)
+        return None
+    compiled = jax.jit(lambda strips: jax.nn.log_softmax(model.apply(variables, strips)))
+
+    def line(strip: np.ndarray) -> Optional[np.ndarray]:
+        width = strip.shape[1]
+        if width > LINE_BUCKETS[-1]:
+            return None
+        padded = np.zeros((1, preprocess.LINE_STRIP, next(b for b in LINE_BUCKETS
+                                                          if b >= width), 1), np.float32)
+        padded[0, :, :width, 0] = strip
+        return np.asarray(compiled(padded))[0, :width // FRAME]
+
+    for width in LINE_BUCKETS:  # compile now, not on a request
+        line(np.zeros((preprocess.LINE_STRIP, width), np.float32))
+    return line
 
 
 @functools.lru_cache(maxsize=4)

@@ -23,7 +23,7 @@ from flaxdigits import data, logs, models, parallel, runtime
 from flaxdigits.checkpoint import Checkpoints
 from flaxdigits.errors import FlaxDigitsError, RunStopped
 from flaxdigits.evaluation import inference, metrics, report as report_lib
-from flaxdigits.training import hooks, optim, steps
+from flaxdigits.training import hooks, line, optim, steps
 from flaxdigits.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -276,8 +276,10 @@ def _train_and_evaluate(config, workdir: Workdir, checkpoints: Checkpoints,
     final = {"final": True, "train_seconds": time.monotonic() - start_time}
     if val is None and val_batches is not None:  # a finished run, re-reported
         val = evaluate(state, val_batches)
-    return _test_and_report(config, workdir, dataset, trainer, state, checkpoints, writer,
-                            final, val)
+    result = _test_and_report(config, workdir, dataset, trainer, state, checkpoints, writer,
+                              final, val)
+    line.ensure_trained(config, workdir, dataset)  # where config.line_reader.steps > 0
+    return result
 
 
 def _test_and_report(config, workdir: Workdir, dataset: data.Dataset, trainer: Trainer,
