@@ -212,7 +212,7 @@ def search(found, kind, grid: dict, read) -> None:
 
 
 def tune_line_weights(found) -> None:
-    grid = dict(line=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0), unsegmented=(0.0, 1.0, 2.0, 4.0, 8.0, 1e9))
+    grid = dict(line=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0), unsegmented=(0.0, 1.0, 2.0, 4.0, 8.0, 1e9))
     search(found, reading.LineWeights, grid, lambda f, frames, weights: reading.choose(
         f, reading.Costs(), frames, weights))
 

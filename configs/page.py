@@ -26,5 +26,5 @@ def get_config():
     config.optim.label_smoothing = 0.1
     config.num_epochs = 6  # (deep.py: 20) leaves the line reader time within 15 minutes here
     config.data.read_pieces = 0.25
-    config.line_reader.steps = 1200
+    config.line_reader.steps = 2600
     return config

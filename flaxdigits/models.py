@@ -131,7 +131,7 @@ class LineReader(nn.Module):
     """A segmentation-free reader of a line of digits (a CRNN trained with CTC): a strip
     (N, LINE_STRIP, W, 1) in [0, 1], W a multiple of 4 (serving/preprocess.line_strip) ->
     float32 logits (N, W / 4, 11) per column frame, class 0 the CTC blank and 1 + d digit
-    d. Four conv 3x3 + BatchNorm + relu blocks pool the height to 2 and the width by 4;
+    d. Four conv 3x3 + BatchNorm + relu blocks pool the height to 3 and the width by 4;
     then a dense layer and residual 1-D convolutions along the line. Trained by
     training/line.py (config.line_reader); serving/reading.py weighs its reading against
     segmentation's (docs/reading.md)."""
@@ -146,8 +146,10 @@ class LineReader(nn.Module):
         for index, features in enumerate(self.conv_features):
             x = nn.Conv(features, (3, 3))(x)
             x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-            window = (2, 2) if index < 2 else (2, 1)  # the width is pooled by 4 in all
-            x = nn.max_pool(x, window, strides=window)
+            # The width is pooled by 4 in all, the height by 8 (a 24-px strip -> 3 rows).
+            window = (2, 2) if index < 2 else (2, 1) if index == 2 else None
+            if window is not None:
+                x = nn.max_pool(x, window, strides=window)
         b, h, w, c = x.shape
         x_bwf = jnp.transpose(x, (0, 2, 1, 3)).reshape(b, w, h * c)
         x_bwf = nn.relu(nn.Dense(self.sequence_features)(x_bwf))

@@ -22,9 +22,10 @@ def test_line_strip_scales_the_ink_to_the_strip_and_pads_to_a_multiple_of_4():
     rows, cols = np.flatnonzero(inked.any(1)), np.flatnonzero(inked.any(0))
     assert rows[-1] - rows[0] + 1 == preprocess.LINE_INK
     assert cols[0] == preprocess.LINE_MARGIN
-    # 650 columns of ink at 24/120 -> 130 columns, plus the margins.
-    assert 130 + 2 * preprocess.LINE_MARGIN <= strip.shape[1] < 130 + 2 * preprocess.LINE_MARGIN + 4
-    assert strip.max() == 1.0 and 0.4 < strip[inked].min() < 0.5
+    # 650 columns of ink at LINE_INK/120, plus the margins.
+    columns = round(650 * preprocess.LINE_INK / 120) + 2 * preprocess.LINE_MARGIN
+    assert columns <= strip.shape[1] < columns + 4
+    assert strip.max() == 1.0 and 0.3 < strip[inked].min() < 0.5  # (the fainter: 90/200)
 
 
 def test_ctc_greedy_merges_repeats_and_drops_blanks():
@@ -142,7 +143,7 @@ def test_digits_no_cut_can_part_come_from_the_line_readers_frames():
     frames = strip_width // reading.FRAME
     log_probs = frames_spelling("", frames)
     log_probs[1:3] = frames_spelling("3", 4)[3:5]  # a 3 on the blob's left ...
-    log_probs[6:8] = frames_spelling("8", 4)[3:5]  # ... and an 8 on its right
+    log_probs[frames - 3:frames - 1] = frames_spelling("8", 4)[3:5]  # ... an 8 on its right
     result = reading.read(page, sure_of_anything(), line=lambda strip: log_probs,
                           weights=reading.LineWeights(unsegmented=0.0))
     assert result.number == "38"

@@ -233,3 +233,13 @@ def test_the_numbers_benchmark_starts():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
     assert "--per_case" in done.stdout
+
+
+def test_touching_digits_written_flat_with_a_broad_brush_are_not_a_ruled_line():
+    """Five touching brush digits make one component wider than three times its height,
+    as flat as a thick line by its box: its loops tell it apart."""
+    strokes = [[(40 + 90 * k, 60), (110 + 90 * k, 60), (110 + 90 * k, 110), (40 + 90 * k, 110),
+                (40 + 90 * k, 60)] for k in range(5)]  # five 0s, boxes, joined by a bar
+    strokes.append([(40, 85), (470, 85)])
+    result = reading.read(drawn(strokes, size=(170, 520), width=18), sure_of_anything)
+    assert len(result.number) >= 1

@@ -179,9 +179,13 @@ def mnist_box(ink: np.ndarray) -> np.ndarray:
     return out / out.max()
 
 
-LINE_STRIP = 32  # a line of digits is read as a strip this many pixels high ...
-LINE_INK = 24  # ... its ink scaled to this height, centred
+# A line of digits is read as a strip this many pixels high, its ink scaled to LINE_INK (MNIST's
+# digits are 20 px high in their 28). (Measured 2026-12-03: 24/32 read 158 of 180 validation
+# numbers after 1,600 steps; 20/24 costs about 0.56 of the compute per step.)
+LINE_STRIP = 24
+LINE_INK = 20  # ... its ink scaled to this height, centred
 LINE_MARGIN = 4  # ... with this many dark columns either side
+LINE_THIN_STROKE = 2.5  # strokes narrower than this (pixels, in the strip) are thickened
 
 
 def ink_box(ink: np.ndarray) -> tuple:
@@ -210,7 +214,17 @@ def line_strip(ink: np.ndarray) -> np.ndarray:
     out = np.zeros((LINE_STRIP, -(-(width + 2 * LINE_MARGIN) // 4) * 4), np.float32)
     top = (LINE_STRIP - LINE_INK) // 2
     out[top:top + LINE_INK, LINE_MARGIN:LINE_MARGIN + width] = small
-    return out / max(float(out.max()), 1e-6)
+    out /= max(float(out.max()), 1e-6)
+    # A thin pen's strokes come out a pixel wide or less, and faint: grown by a pixel each
+    # side they look like the brush's, one kind of line for the model instead of two.
+    from scipy import ndimage
+
+    inked = out > INK_LEVEL
+    if inked.any() and 2 * _percentile_95(ndimage.distance_transform_edt(inked)[inked]) \
+            < LINE_THIN_STROKE:
+        out = ndimage.grey_dilation(out, footprint=np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                                                            bool))
+    return out
 
 
 def _percentile_95(values: np.ndarray) -> float:

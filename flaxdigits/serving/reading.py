@@ -51,6 +51,7 @@ SPECK_SIDE = 0.2  # a part narrower and lower than this (and tiny in area) is a 
 FRAGMENT_HEIGHT = 0.5  # a part lower than this is a piece of a neighbouring digit ...
 FRAGMENT_REACH = 0.35  # ... joined to its neighbour when the gap is within this
 MAX_DIGIT_WIDTH = 1.3  # no digit is wider than this
+FLAT_CROSSINGS = 0.15  # a flat mark is a line where fewer of its columns hold 2+ strokes
 MIN_CUT_STEP = 0.12  # candidate cuts at least this far apart
 # A part narrower than this is never cut (chosen on validation strings; cutting narrower
 # parts where a cut crosses at most 1.5 strokes found more right cuts, but read no more
@@ -274,11 +275,15 @@ def _parts(ink: np.ndarray) -> list:
         # thickness, twice the deepest point from the background, is measured in the
         # component's own box and only for flat ones: the whole image's distance transform
         # was most of a request's time.)
+        # A line crosses each column once; touching digits written with a broad brush can be
+        # as flat, but their loops and bars cross many columns two or more times.
         c["flat"] = False
         if c["w"] >= 3 * c["h"]:
             own = np.pad(labels[box] == c["label"], 1)
             thick = 2 * float(ndimage.distance_transform_edt(own).max())
-            c["flat"] = c["h"] <= 3 * thick + 2
+            runs = np.count_nonzero(own[1:] & ~own[:-1], axis=0)
+            crossed_again = np.count_nonzero(runs >= 2) / max(1, np.count_nonzero(runs))
+            c["flat"] = c["h"] <= 3 * thick + 2 and crossed_again < FLAT_CROSSINGS
     # A mark smaller than MIN_IMAGE_SIDE both ways cannot be a digit, whatever else is there.
     solid = [c for c in comps if not c["flat"] and c["area"] >= preprocess.MIN_INK_PIXELS
              and max(c["w"], c["h"]) >= preprocess.MIN_IMAGE_SIDE]
