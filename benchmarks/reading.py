@@ -53,6 +53,21 @@ def naive_read(gray: np.ndarray, classify) -> str:
     return "".join(str(int(probabilities[i].argmax())) for i in np.argsort(order))
 
 
+def drawn_digits(images, labels, count: int, seed: int) -> list:
+    """`count` of the digits redrawn one per image as benchmarks/serve.py sends them to the
+    API (100-250 px tall, anywhere on a 280x280 canvas, dark on light, blurred)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in rng.choice(len(images), size=min(count, len(images)), replace=False):
+        height = int(rng.integers(100, 251))
+        image = testing.redraw(images[i], height=height,
+                               top=int(rng.integers(0, 280 - height + 1)),
+                               left=int(rng.integers(0, 140)), blur=rng.uniform(1.0, 2.5))
+        cases.append(dict(kind="drawn", length=1, number=str(int(labels[i])),
+                          image=np.asarray(image, np.float32)))
+    return cases
+
+
 def digits_of(split: str, data_dir: str):
     folder = pathlib.Path(data_dir) if data_dir else testing.mnist_folder(REPO)
     raw, _ = data.load_folder(folder)
@@ -71,6 +86,8 @@ def main():
     parser.add_argument("--per_case", type=int, default=20, help="numbers per kind and length")
     parser.add_argument("--latency_runs", type=int, default=50)
     parser.add_argument("--show_errors", type=int, default=0)
+    parser.add_argument("--drawn", type=int, default=300, help="with --tune: also this many "
+                        "single digits drawn as on the page's pad (kind 'drawn')")
     parser.add_argument("--tune", action="store_true", help="search reading.Costs on these "
                         "numbers (use --split=validation) and print the best")
     args = parser.parse_args()
@@ -79,7 +96,7 @@ def main():
     cases = testing.number_cases(images, labels, args.per_case, seed=SEEDS[args.split])
     reader = reading.Reader.from_workdir(args.workdir)
     if args.tune:
-        return tune(cases, reader)
+        return tune(cases + drawn_digits(images, labels, args.drawn, SEEDS[args.split]), reader)
     right = collections.defaultdict(lambda: [0, 0, 0])  # (kind, length) -> ours, naive, n
     halves = collections.defaultdict(collections.Counter)  # kind -> reader -> right
     errors = []

@@ -106,13 +106,11 @@ def redraw(digit_28x28: np.ndarray, *, height=200, top=40, left=150, canvas=280,
     `left`) of a `canvas`-sized square, dark ink on light paper, blurred a little."""
     from PIL import Image, ImageFilter
 
-    ink = np.argwhere(digit_28x28 > 0)
-    (r0, c0), (r1, c1) = ink.min(0), ink.max(0) + 1
-    crop = Image.fromarray(np.asarray(digit_28x28, np.uint8)[r0:r1, c0:c1])
-    width = max(1, round(crop.width * height / crop.height))
-    big = np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR))
+    from flaxdigits.data import written
+
+    big = written.scaled(digit_28x28, height).astype(np.uint8)
     page = np.zeros((canvas, canvas), np.uint8)
-    page[top:top + height, left:left + width] = big[:canvas - top, :canvas - left]
+    page[top:top + height, left:left + big.shape[1]] = big[:canvas - top, :canvas - left]
     return np.asarray(Image.fromarray(255 - page).filter(ImageFilter.GaussianBlur(blur)))
 
 

@@ -19,15 +19,9 @@ STROKES = {"pen": 0.045, "brush": 0.16}  # stroke width, in units of the digits'
 def restroke(digit_28x28: np.ndarray, height: int, stroke: str) -> np.ndarray:
     """An MNIST digit cropped to its ink and redrawn `height` pixels tall with the stroke
     width of a thin pen or a round brush: float32 ink in [0, 255], light on dark."""
-    from PIL import Image
     from scipy import ndimage
 
-    ink = np.argwhere(digit_28x28 > 0)
-    (r0, c0), (r1, c1) = ink.min(0), ink.max(0) + 1
-    crop = Image.fromarray(np.asarray(digit_28x28, np.uint8)[r0:r1, c0:c1])
-    width = max(1, round(crop.width * height / crop.height))
-    big = np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR), np.float32)
-    mask = np.pad(big > 100, 2 + height // 4)
+    mask = np.pad(scaled(digit_28x28, height) > 100, 2 + height // 4)
     depth = ndimage.distance_transform_edt(mask)
     have = 2 * np.percentile(depth[mask], 95) if mask.any() else 1.0
     want = max(2.0, STROKES[stroke] * height)
@@ -164,12 +158,29 @@ def number_cases(images, labels, count: int, seed: int, lengths=range(1, 7),
 
 
 def glyph_pool(images, labels, count: int, rng: np.random.Generator):
-    """`count` of `images` (MNIST digits) redrawn 30-56 px tall, pen and brush in turn, for
-    `line_of_glyphs` to compose lines from fast: (list of glyphs, their labels)."""
+    """`count` of `images` (MNIST digits) redrawn 30-56 px tall, for `line_of_glyphs` to
+    compose lines from fast: a thin pen, a round brush and MNIST's own strokes simply scaled
+    (as the page's pad and a photo of a thick pen give them) in turn: (glyphs, labels)."""
     picks = rng.choice(len(images), size=min(count, len(images)), replace=False)
-    glyphs = [restroke(images[i], int(rng.integers(30, 57)), ("pen", "brush")[k % 2])
-              for k, i in enumerate(picks)]
+    glyphs = []
+    for k, i in enumerate(picks):
+        height = int(rng.integers(30, 57))
+        style = ("pen", "brush", "scaled")[k % 3]
+        glyphs.append(scaled(images[i], height) if style == "scaled"
+                      else restroke(images[i], height, style))
     return glyphs, np.asarray(labels)[picks]
+
+
+def scaled(digit_28x28: np.ndarray, height: int) -> np.ndarray:
+    """An MNIST digit cropped to its ink and resized (bilinear) to `height` pixels tall, its
+    strokes as thick for its size as MNIST's: float32 ink in [0, 255], light on dark."""
+    from PIL import Image
+
+    ink = np.argwhere(digit_28x28 > 0)
+    (r0, c0), (r1, c1) = ink.min(0), ink.max(0) + 1
+    crop = Image.fromarray(np.asarray(digit_28x28, np.uint8)[r0:r1, c0:c1])
+    width = max(1, round(crop.width * height / crop.height))
+    return np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR), np.float32)
 
 
 def line_of_glyphs(glyphs, glyph_labels, length: int, gap: str, rng: np.random.Generator):
