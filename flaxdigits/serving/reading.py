@@ -179,8 +179,8 @@ class LineWeights:
     reader's probability of it (CTC). A number no partition of the slices gives (digits
     touching in a part too narrow to cut) costs the segmentation's best plus `unsegmented`.
     Chosen on validation strings (`benchmarks/reading.py --split=validation --tune
-    --per_case=10`, configs/page.py's models, 2026-12-03): 153 of 180 right, the best of a
-    grid of line 0.25-8 and unsegmented 0-8 or never (2.0: 152; 0: 152)."""
+    --per_case=30 --drawn=600`, configs/page.py's models, 2026-12-03): 1,080 of 1,140 right;
+    the best of a grid of line 0.25-4 and unsegmented 0-8 or never read 1,081."""
 
     line: float = 1.0
     unsegmented: float = 1.0
