@@ -104,7 +104,8 @@ def main():
         try:
             found = reading.candidates(case["image"], reader.classify)
             frames = None if reader.line is None else reading.line_frames(found, reader.line)
-            ours = reading.choose(found, reading.Costs(), frames).number
+            ours = reading.choose(found, reading.Costs(), frames,
+                                  classify=reader.classify).number
             if reader.line is not None:
                 halves[case["kind"]]["segmentation"] += (
                     reading.choose(found, reading.Costs()).number == case["number"])
@@ -201,7 +202,7 @@ def tune(cases, reader) -> None:
     possible = sum(f is not None and reachable(f, c["number"]) for c, f, _ in found)
     print(f"{len(cases)} numbers; the right number is among the candidates of {possible}")
     if reader.line is not None:
-        return tune_line_weights(found)
+        return tune_line_weights(found, reader.classify)
     grid = dict(digit=(0.0, 0.3), cut=(0.25, 0.5, 1.0), join=(0.5, 1.0, 2.0),
                 narrow_cut=(0.0, 1.0, 2.0), wide=(3.0, 8.0),
                 wide_from=(1.0, 1.25), short=(3.0, 6.0))
@@ -228,10 +229,10 @@ def search(found, kind, grid: dict, read) -> None:
     print("default:", default[0], default[1])
 
 
-def tune_line_weights(found) -> None:
+def tune_line_weights(found, classify) -> None:
     grid = dict(line=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0), unsegmented=(0.0, 1.0, 2.0, 4.0, 8.0, 1e9))
     search(found, reading.LineWeights, grid, lambda f, frames, weights: reading.choose(
-        f, reading.Costs(), frames, weights))
+        f, reading.Costs(), frames, weights, classify))
 
 
 if __name__ == "__main__":

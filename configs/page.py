@@ -14,7 +14,7 @@ The line reader (models.LineReader, flaxdigits/training/line.py): 2,600 steps of
 Measured on the 2-core CPU with --config.data.dir=../shared/data/mnist (2026-12-03, seed
 0): MNIST test accuracy 0.9945; the line reader 2,600 steps in 450 s; the whole process
 11 min 20 s. On validation strings (`python benchmarks/reading.py --split=validation --tune
---per_case=30 --drawn=600`): 484 of 540 numbers right (spaced 168, close 168, touching 148
+--per_case=30 --drawn=600`): 485 of 540 numbers right (spaced 168, close 169, touching 148
 of 180 each) and 596 of 600 single digits drawn as on the pad. Numbers read on the test
 strings: docs/reading.md.
 """

@@ -144,13 +144,25 @@ def test_digits_no_cut_can_part_come_from_the_line_readers_frames():
     log_probs = frames_spelling("", frames)
     log_probs[1:3] = frames_spelling("3", 4)[3:5]  # a 3 on the blob's left ...
     log_probs[frames - 3:frames - 1] = frames_spelling("8", 4)[3:5]  # ... an 8 on its right
-    result = reading.read(page, sure_of_anything(), line=lambda strip: log_probs,
+    def unsure(images_nhw):  # no digit likelier than another
+        return np.full((len(images_nhw), 10), 0.1, np.float32)
+
+    result = reading.read(page, unsure, line=lambda strip: log_probs,
                           weights=reading.LineWeights(unsegmented=0.0))
     assert result.number == "38"
     (a0, ay0, a1, ay1), (b0, _, b1, _) = [d.box for d in result.digits]
     assert a0 == 150 and b1 == 200 and a1 == b0 and 160 < a1 < 190 and (ay0, ay1) == (30, 90)
-    assert result.digits[0].label == 3 and result.digits[0].probability > 0.9
+    # Each part's probability is the classifier's, of the ink between the frames.
+    assert result.digits[0].label == 3 and result.digits[0].probability == pytest.approx(0.1)
     assert all(d.image.shape == (28, 28) and d.image.max() > 0 for d in result.digits)
+    # A classifier sure the blob is one digit keeps it one against a doubtful line reader:
+    # the parts cost what the classifier makes of them.
+    doubtful = frames_spelling("", frames, sure=0.3)
+    doubtful[1:3] = frames_spelling("3", 4, sure=0.3)[3:5]
+    doubtful[frames - 3:frames - 1] = frames_spelling("8", 4, sure=0.3)[3:5]
+    assert reading.ctc_greedy(doubtful.argmax(-1)) == "38"
+    assert reading.read(page, sure_of_anything(), line=lambda strip: doubtful,
+                        weights=reading.LineWeights(unsegmented=0.0)).number == "1"
 
 
 def test_a_line_too_wide_for_the_line_reader_is_read_by_segmentation():

@@ -27,7 +27,7 @@ How (segmentation by recognition; Casey & Lecolinet 1996):
      -log of the line reader's probability of it (LineWeights), and the cheaper one is the
      reading. The line reader's number keeps the boxes of the least-cost partition into its
      digits, or where no partition gives it (digits touching in a part too narrow to cut),
-     boxes between the frames that spell each digit.
+     the ink between the frames that spell each digit, classified (and costed) as a digit.
 A single digit is a number of length 1: the same path reads it.
 """
 
@@ -120,7 +120,7 @@ def read(gray: np.ndarray, classify: Classify, costs: "Costs" = None,
     Raises BadInput (422) where no digit is found or there are more than MAX_DIGITS."""
     found = candidates(gray, classify)
     frames = None if line is None else line_frames(found, line)
-    return choose(found, costs or Costs(), frames, weights or LineWeights())
+    return choose(found, costs or Costs(), frames, weights or LineWeights(), classify)
 
 
 class Candidates(NamedTuple):
@@ -179,17 +179,18 @@ class LineWeights:
     reader's probability of it (CTC). A number no partition of the slices gives (digits
     touching in a part too narrow to cut) costs the segmentation's best plus `unsegmented`.
     Chosen on validation strings (`benchmarks/reading.py --split=validation --tune
-    --per_case=30 --drawn=600`, configs/page.py's models, 2026-12-03): 1,080 of 1,140 right;
-    the best of a grid of line 0.25-4 and unsegmented 0-8 or never read 1,081."""
+    --per_case=30 --drawn=600`, configs/page.py's models, 2026-12-03): 1,081 of 1,140 right;
+    the best of a grid of line 0.25-4 and unsegmented 0-8 or never read 1,082."""
 
     line: float = 1.0
     unsegmented: float = 1.0
 
 
 def choose(found: Candidates, costs: "Costs", frames: Optional["LineFrames"] = None,
-           weights: "LineWeights" = None) -> Reading:
+           weights: "LineWeights" = None, classify: Optional[Classify] = None) -> Reading:
     """The least-cost reading among `found`; with a line reader's `frames`, segmentation's
-    reading or the line reader's, whichever costs less (LineWeights)."""
+    reading or the line reader's, whichever costs less (LineWeights). `classify` reads the
+    digits the frames part where no cut does (without it they cost `unsegmented` alone)."""
     weights = weights or LineWeights()
     path, cost = _best_partition(found, costs)
     segmented = _reading(found, path)
@@ -199,13 +200,19 @@ def choose(found: Candidates, costs: "Costs", frames: Optional["LineFrames"] = N
     if not number or number == segmented.number or len(number) > MAX_DIGITS:
         return segmented
     constrained = _best_partition(found, costs, number)
-    line_cost = (constrained[1] if constrained is not None else cost + weights.unsegmented)
+    if constrained is not None:
+        line_reading, line_cost = _reading(found, constrained[0], number), constrained[1]
+    else:  # the digits between the frames, each costing what the classifier makes of it
+        line_reading = _frame_reading(found, frames, number, classify)
+        line_cost = cost + weights.unsegmented
+        if classify is not None:
+            line_cost = weights.unsegmented + sum(
+                -np.log(max(d.probability, 1e-9)) + costs.digit for d in line_reading.digits
+            ) + costs.cut * (len(number) - 1)
     if (cost + weights.line * ctc_nll(frames.log_probs, segmented.number)
             <= line_cost + weights.line * ctc_nll(frames.log_probs, number)):
         return segmented
-    if constrained is not None:
-        return _reading(found, constrained[0], number)
-    return _frame_reading(found, frames, number)
+    return line_reading
 
 
 def _reading(found: Candidates, path: list, number: Optional[str] = None) -> Reading:
@@ -660,10 +667,12 @@ def ctc_nll(log_probs: np.ndarray, number: str) -> float:
     return float(-end) if np.isfinite(end) else np.inf
 
 
-def _frame_reading(found: Candidates, frames: LineFrames, number: str) -> Reading:
+def _frame_reading(found: Candidates, frames: LineFrames, number: str,
+                   classify: Optional[Classify] = None) -> Reading:
     """`number` read by the line reader where no partition of the slices gives it: each
     digit's ink lies between the midpoints of the gaps between the frames that spell it;
-    its probability is the line reader's, at its most certain frame."""
+    its probabilities are the classifier's of that ink (`classify`, one call), or without
+    one, the line reader's at its most certain frame."""
     labels = frames.log_probs.argmax(-1)
     runs, previous = [], 0  # [first frame, last frame] of each digit
     for t, label in enumerate(labels.tolist()):
@@ -695,6 +704,10 @@ def _frame_reading(found: Candidates, frames: LineFrames, number: str) -> Readin
         p = np.exp(frames.log_probs[peak, 1:])
         p = (p / p.sum()).astype(np.float32)
         digits.append(Digit(label, float(p[label]), _image_box(found, box), image, p))
+    if classify is not None:
+        classified = np.asarray(classify(np.stack([d.image for d in digits])), np.float32)
+        digits = [d._replace(probability=float(p[d.label]), probabilities=p)
+                  for d, p in zip(digits, classified)]
     return Reading(number, tuple(digits))
 
 
