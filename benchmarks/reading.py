@@ -59,10 +59,7 @@ def drawn_digits(images, labels, count: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
     cases = []
     for i in rng.choice(len(images), size=min(count, len(images)), replace=False):
-        height = int(rng.integers(100, 251))
-        image = testing.redraw(images[i], height=height,
-                               top=int(rng.integers(0, 280 - height + 1)),
-                               left=int(rng.integers(0, 140)), blur=rng.uniform(1.0, 2.5))
+        image = testing.redraw_anywhere(images[i], rng)
         cases.append(dict(kind="drawn", length=1, number=str(int(labels[i])),
                           image=np.asarray(image, np.float32)))
     return cases

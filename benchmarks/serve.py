@@ -42,11 +42,7 @@ from flaxdigits.serving import app  # noqa: E402
 
 def redrawn_png(digit: np.ndarray, rng: np.random.Generator, canvas: int = 280) -> bytes:
     """An MNIST digit drawn 100-250 px tall at a random place, dark on light, blurred."""
-    height = int(rng.integers(100, 251))
-    top = int(rng.integers(0, canvas - height + 1))
-    left = int(rng.integers(0, canvas // 2))
-    return testing.encode(testing.redraw(digit, height=height, top=top, left=left,
-                                         canvas=canvas, blur=rng.uniform(1.0, 2.5)))
+    return testing.encode(testing.redraw_anywhere(digit, rng, canvas))
 
 
 def post(url: str, body: bytes, kind: str, timeout: float = 30.0):

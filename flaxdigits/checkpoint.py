@@ -261,18 +261,23 @@ def save_line_reader(workdir, variables: dict, info: dict) -> None:
     folder, info_file = line_reader_paths(workdir)
     try:
         info_file.unlink(missing_ok=True)  # the old figures go before the old variables
+        _remove_partial_line_readers(folder)  # (left by a run killed while saving)
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(folder, jax.device_get(variables), force=True)
         checkpointer.wait_until_finished()
         checkpointer.close()
         write_atomically(info_file, json.dumps(info, indent=1) + "\n")
     except Exception as e:  # noqa: BLE001 (a full disk, a read-only folder, ...)
-        for partial in folder.parent.glob(folder.name + "*.orbax-checkpoint-tmp*"):
-            shutil.rmtree(partial, ignore_errors=True)
+        _remove_partial_line_readers(folder)
         raise FlaxDigitsError(
             f"{folder}: saving the line reader failed ({type(e).__name__}: "
             f"{one_line(e)[:200]}); the classifier's checkpoints are intact: free the space "
             f"(or fix the folder) and run the same command to train it again") from None
+
+
+def _remove_partial_line_readers(folder) -> None:
+    for partial in folder.parent.glob(folder.name + "*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def read_line_reader_info(workdir) -> Optional[dict]:

@@ -114,6 +114,17 @@ def redraw(digit_28x28: np.ndarray, *, height=200, top=40, left=150, canvas=280,
     return np.asarray(Image.fromarray(255 - page).filter(ImageFilter.GaussianBlur(blur)))
 
 
+def redraw_anywhere(digit_28x28: np.ndarray, rng: np.random.Generator,
+                    canvas: int = 280) -> np.ndarray:
+    """`redraw` as people draw on the page's pad: 100-250 px tall, anywhere on the canvas
+    (its left edge in the left half), blurred by 1-2.5 px."""
+    height = int(rng.integers(100, 251))
+    top = int(rng.integers(0, canvas - height + 1))
+    left = int(rng.integers(0, canvas // 2))
+    return redraw(digit_28x28, height=height, top=top, left=left, canvas=canvas,
+                  blur=rng.uniform(1.0, 2.5))
+
+
 def encode(array_or_image, kind: str = "PNG") -> bytes:
     """A uint8 array or a PIL image as PNG (or JPEG, GIF, ...) bytes."""
     from PIL import Image

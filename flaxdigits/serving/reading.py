@@ -177,7 +177,8 @@ class LineWeights:
     each number costs its partition's cost (Costs; for the line reader's number, the
     least-cost partition into exactly its digits) plus `line` times -log of the line
     reader's probability of it (CTC). A number no partition of the slices gives (digits
-    touching in a part too narrow to cut) costs the segmentation's best plus `unsegmented`.
+    touching in a part too narrow to cut) costs `unsegmented` plus what the classifier makes
+    of the parts its frames cut (choose's `classify`; without it, segmentation's cost).
     Chosen on validation strings (`benchmarks/reading.py --split=validation --tune
     --per_case=30 --drawn=600`, configs/page.py's models, 2026-12-03): 1,081 of 1,140 right;
     the best of a grid of line 0.25-4 and unsegmented 0-8 or never read 1,082."""
@@ -202,13 +203,13 @@ def choose(found: Candidates, costs: "Costs", frames: Optional["LineFrames"] = N
     constrained = _best_partition(found, costs, number)
     if constrained is not None:
         line_reading, line_cost = _reading(found, constrained[0], number), constrained[1]
-    else:  # the digits between the frames, each costing what the classifier makes of it
+    elif classify is not None:  # the digits between the frames, as the classifier reads them
         line_reading = _frame_reading(found, frames, number, classify)
+        line_cost = weights.unsegmented + costs.cut * (len(number) - 1) + sum(
+            -np.log(max(d.probability, 1e-9)) + costs.digit for d in line_reading.digits)
+    else:
+        line_reading = _frame_reading(found, frames, number)
         line_cost = cost + weights.unsegmented
-        if classify is not None:
-            line_cost = weights.unsegmented + sum(
-                -np.log(max(d.probability, 1e-9)) + costs.digit for d in line_reading.digits
-            ) + costs.cut * (len(number) - 1)
     if (cost + weights.line * ctc_nll(frames.log_probs, segmented.number)
             <= line_cost + weights.line * ctc_nll(frames.log_probs, number)):
         return segmented
@@ -628,12 +629,6 @@ def line_frames(found: Candidates, line: LineModel) -> Optional[LineFrames]:
     return LineFrames(np.asarray(log_probs, np.float32), float(x0), preprocess.LINE_INK / (y1 - y0))
 
 
-def line_ink(gray: np.ndarray) -> np.ndarray:
-    """The ink of `gray` that the reader keeps (specks and ruled lines dropped), on the
-    (shrunk) image's canvas: what a line reader reads."""
-    return unclassified_candidates(gray).ink
-
-
 def ctc_greedy(frame_labels) -> str:
     """A CTC best path (each frame's most likely class, 0 the blank, 1 + d digit d) ->
     the number: repeats merged, blanks dropped ("0 3 3 0 3" -> "22")."""
@@ -700,15 +695,17 @@ def _frame_reading(found: Candidates, frames: LineFrames, number: str,
         else:
             box = (lo, 0, hi, found.ink.shape[0])
             image = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.float32)
-        peak = first + int(frames.log_probs[first:last + 1, label + 1].argmax())
-        p = np.exp(frames.log_probs[peak, 1:])
-        p = (p / p.sum()).astype(np.float32)
-        digits.append(Digit(label, float(p[label]), _image_box(found, box), image, p))
+        digits.append((label, _image_box(found, box), image, first, last))
     if classify is not None:
-        classified = np.asarray(classify(np.stack([d.image for d in digits])), np.float32)
-        digits = [d._replace(probability=float(p[d.label]), probabilities=p)
-                  for d, p in zip(digits, classified)]
-    return Reading(number, tuple(digits))
+        probabilities = np.asarray(classify(np.stack([d[2] for d in digits])), np.float32)
+    else:  # the line reader's, at the digit's most certain frame
+        probabilities = []
+        for label, _, _, first, last in digits:
+            peak = first + int(frames.log_probs[first:last + 1, label + 1].argmax())
+            p = np.exp(frames.log_probs[peak, 1:])
+            probabilities.append((p / p.sum()).astype(np.float32))
+    return Reading(number, tuple(Digit(label, float(p[label]), box, image, p)
+                                 for (label, box, image, _, _), p in zip(digits, probabilities)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
     config.line_reader.steps > 0  ->  W/line_reader/ and W/line_reader.json
 
 Lines of 1-8 digits are composed from the training split's digits only (data/written.py:
-glyph_pool redraws `line_reader.glyphs` of them with a thin pen or a round brush,
-line_of_glyphs writes them spaced 30%, close 30% or touching 40% of the time), cut to a
-strip (serving/preprocess.line_strip) and padded to TRAIN_WIDTH columns; two threads make
+glyph_pool redraws `line_reader.glyphs` of them with a thin pen, a round brush or MNIST's
+own strokes scaled, line_of_glyphs writes them spaced 30%, close 30% or touching 40% of the
+time), cut to a strip (serving/preprocess.line_strip) and padded to SHORT_WIDTH or
+TRAIN_WIDTH columns (training_batch); two threads make
 batches while the jitted step runs (numpy, scipy and Pillow release the GIL for most of
 it). Loss: CTC (optax.ctc_loss); Adam, warmup then cosine decay.
 
