@@ -27,6 +27,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flaxdigits import data, testing  # noqa: E402
+from flaxdigits.data import written  # noqa: E402
 from flaxdigits.serving import preprocess, reading  # noqa: E402
 
 SEEDS = {"test": 2026, "validation": 7}  # the generator's seed per source of digits
@@ -54,13 +55,20 @@ def naive_read(gray: np.ndarray, classify) -> str:
 
 
 def drawn_digits(images, labels, count: int, seed: int) -> list:
-    """`count` of the digits redrawn one per image as benchmarks/serve.py sends them to the
-    API (100-250 px tall, anywhere on a 280x280 canvas, dark on light, blurred)."""
+    """`count` of the digits, one per 280x280 image, dark on light, in turn: redrawn as
+    benchmarks/serve.py sends them to the API (MNIST's strokes scaled 100-250 px tall,
+    anywhere on the canvas, blurred), and written with a round brush and with a thin pen
+    (flaxdigits.data.written) as benchmarks/serve.py's brush and pen digits are."""
     rng = np.random.default_rng(seed)
     cases = []
-    for i in rng.choice(len(images), size=min(count, len(images)), replace=False):
-        image = testing.redraw_anywhere(images[i], rng)
-        cases.append(dict(kind="drawn", length=1, number=str(int(labels[i])),
+    for k, i in enumerate(rng.choice(len(images), size=min(count, len(images)), replace=False)):
+        style = ("drawn", "brush", "pen")[k % 3]
+        if style == "drawn":
+            image = testing.redraw_anywhere(images[i], rng)
+        else:
+            image, _ = written.number_image([images[i]], gap="spaced", stroke=style,
+                                            light_on_dark=False, canvas=(280, 280), rng=rng)
+        cases.append(dict(kind=style, length=1, number=str(int(labels[i])),
                           image=np.asarray(image, np.float32)))
     return cases
 
@@ -84,7 +92,8 @@ def main():
     parser.add_argument("--latency_runs", type=int, default=50)
     parser.add_argument("--show_errors", type=int, default=0)
     parser.add_argument("--drawn", type=int, default=300, help="with --tune: also this many "
-                        "single digits drawn as on the page's pad (kind 'drawn')")
+                        "single digits, a third each drawn as on the page's pad, with a brush and with a pen "
+                        "(kinds 'drawn', 'brush', 'pen')")
     parser.add_argument("--tune", action="store_true", help="search reading.Costs on these "
                         "numbers (use --split=validation) and print the best")
     args = parser.parse_args()
@@ -203,33 +212,38 @@ def tune(cases, reader) -> None:
     grid = dict(digit=(0.0, 0.3), cut=(0.25, 0.5, 1.0), join=(0.5, 1.0, 2.0),
                 narrow_cut=(0.0, 1.0, 2.0), wide=(3.0, 8.0),
                 wide_from=(1.0, 1.25), short=(3.0, 6.0))
-    search(found, reading.Costs, grid, lambda f, frames, costs: reading.choose(f, costs))
+    search(found, (reading.Costs,), (grid,), lambda f, frames, costs: reading.choose(f, costs))
 
 
-def search(found, kind, grid: dict, read) -> None:
-    """Prints the best settings of `kind` (a dataclass) over `grid`, and the default's
-    score: `read(candidates, frames, settings)` -> a Reading."""
+def search(found, kinds: tuple, grids: tuple, read) -> None:
+    """Prints the best settings over `grids` (one dict of values per dataclass in `kinds`)
+    and the defaults' score: `read(candidates, frames, *settings)` -> a Reading."""
     import itertools
 
     results = []
-    for values in itertools.product(*grid.values()):
-        settings = kind(**dict(zip(grid, values)))
+    names = [name for grid in grids for name in grid]
+    for values in itertools.product(*[v for grid in grids for v in grid.values()]):
+        chosen = dict(zip(names, values))
+        settings = tuple(kind(**{name: chosen[name] for name in grid})
+                         for kind, grid in zip(kinds, grids))
         right = collections.Counter()
         for case, f, frames in found:
-            if f is not None and read(f, frames, settings).number == case["number"]:
+            if f is not None and read(f, frames, *settings).number == case["number"]:
                 right[case["kind"]] += 1
         results.append((sum(right.values()), dict(right), settings))
     results.sort(key=lambda r: -r[0])
     for total, right, settings in results[:8]:
-        print(total, right, settings)
-    default = next(r for r in results if r[2] == kind())
+        print(total, right, *settings)
+    default = next(r for r in results if r[2] == tuple(kind() for kind in kinds))
     print("default:", default[0], default[1])
 
 
 def tune_line_weights(found, classify) -> None:
-    grid = dict(line=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0), unsegmented=(0.0, 1.0, 2.0, 4.0, 8.0, 1e9))
-    search(found, reading.LineWeights, grid, lambda f, frames, weights: reading.choose(
-        f, reading.Costs(), frames, weights, classify))
+    """Costs and LineWeights together: the line reader changes which cuts pay."""
+    costs = dict(digit=(0.0, 0.5, 1.0), cut=(0.25, 0.5), narrow_cut=(1.0, 2.0))
+    weights = dict(line=(0.75, 1.0, 1.5), unsegmented=(1.0, 2.0), relabel=(0.25, 0.5, 1.0))
+    search(found, (reading.Costs, reading.LineWeights), (costs, weights),
+           lambda f, frames, c, w: reading.choose(f, c, frames, w, classify))
 
 
 if __name__ == "__main__":

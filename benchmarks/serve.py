@@ -6,8 +6,9 @@ With no --workdir it first trains configs/fast.py (about 20 s) into a temporary 
 Prints, side by side:
   1. accuracy of the model on the first --digits MNIST test digits as they are (28x28 arrays,
      the baseline), and of the API on the same digits redrawn the way people draw: large
-     (100-250 px tall), off-centre, dark strokes on a light 280x280 canvas, blurred a little,
-     sent as PNG;
+     (100-250 px tall), off-centre but whole, dark strokes on a light 280x280 canvas, blurred
+     a little, sent as PNG; and written with a round brush and with a thin pen
+     (flaxdigits.data.written, one digit 126-168 px tall on a 280x280 canvas);
   2. latency with --clients concurrent clients (threads of this process) posting those PNGs
      to the server (launch.py --mode=serve in its own process): p50, p90, p99, max, and
      requests per second;
@@ -35,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from flaxdigits import data, testing  # noqa: E402
-from flaxdigits.data import idx  # noqa: E402
+from flaxdigits.data import idx, written  # noqa: E402
 from flaxdigits.evaluation import inference  # noqa: E402
 from flaxdigits.serving import app  # noqa: E402
 
@@ -43,6 +44,19 @@ from flaxdigits.serving import app  # noqa: E402
 def redrawn_png(digit: np.ndarray, rng: np.random.Generator, canvas: int = 280) -> bytes:
     """An MNIST digit drawn 100-250 px tall at a random place, dark on light, blurred."""
     return testing.encode(testing.redraw_anywhere(digit, rng, canvas))
+
+
+def stroked_png(digit: np.ndarray, stroke: str, rng: np.random.Generator) -> bytes:
+    """An MNIST digit rewritten with a round brush or a thin pen, dark on a light 280x280."""
+    image, _ = written.number_image([digit], gap="spaced", stroke=stroke,
+                                    light_on_dark=False, canvas=(280, 280), rng=rng)
+    return testing.encode(image)
+
+
+def as_digits(answers) -> np.ndarray:
+    """The API's answers -> the digit read, or -1 where not exactly one digit was read."""
+    return np.array([int(result["number"]) if status == 200 and len(result["number"]) == 1
+                     else -1 for status, result in answers])
 
 
 def post(url: str, body: bytes, kind: str, timeout: float = 30.0):
@@ -109,14 +123,20 @@ def run(args, trained, url):
     refused = [(i, status, result.get("error")) for i, (status, result) in enumerate(answers)
                if status != 200]
     # The API reads numbers: a digit read as anything but one digit is wrong.
-    api = np.array([int(result["number"]) if status == 200 and len(result["number"]) == 1
-                    else -1 for status, result in answers])
+    api = as_digits(answers)
     print(f"model: {trained.config.model.name}, step {trained.step}")
     print(f"\n1. accuracy on the first {len(labels)} MNIST test digits")
     print(f"   as 28x28 arrays, straight into the model: {np.mean(baseline == labels):.4f}")
     print(f"   redrawn (100-250 px, off-centre, dark on light 280x280, blurred), via the API: "
           f"{np.mean(api == labels):.4f} ({np.sum(api == -1)} not read as one digit; "
           f"refused: {refused[:3]})")
+    for stroke in ("brush", "pen"):
+        stroke_rng = np.random.default_rng(1)
+        read = as_digits([post(url, stroked_png(image, stroke, stroke_rng), "image/png")
+                          for image in images])
+        print(f"   written with a {'round brush' if stroke == 'brush' else 'thin pen'}, via "
+              f"the API: {np.mean(read == labels):.4f} ({np.sum(read == -1)} not read as one "
+              f"digit)", flush=True)
 
     local = threading.local()
     host, port = url.removeprefix("http://").split(":")

@@ -117,10 +117,14 @@ def redraw(digit_28x28: np.ndarray, *, height=200, top=40, left=150, canvas=280,
 def redraw_anywhere(digit_28x28: np.ndarray, rng: np.random.Generator,
                     canvas: int = 280) -> np.ndarray:
     """`redraw` as people draw on the page's pad: 100-250 px tall, anywhere on the canvas
-    (its left edge in the left half), blurred by 1-2.5 px."""
+    but whole on it (a digit the pad's edge cuts is another shape: a 0 cut down its right
+    side is a C), blurred by 1-2.5 px."""
+    from flaxdigits.data import written
+
     height = int(rng.integers(100, 251))
+    width = written.scaled(digit_28x28, height).shape[1]
     top = int(rng.integers(0, canvas - height + 1))
-    left = int(rng.integers(0, canvas // 2))
+    left = int(rng.integers(0, max(0, canvas - width) + 1))
     return redraw(digit_28x28, height=height, top=top, left=left, canvas=canvas,
                   blur=rng.uniform(1.0, 2.5))
 

@@ -121,6 +121,21 @@ def test_the_line_reader_overrules_a_doubtful_segmentation_with_the_same_boxes()
     assert result.digits[0].probability == pytest.approx(0.42)
 
 
+def test_where_only_the_labels_differ_the_line_reader_weighs_relabel():
+    def fairly_sure(images_nhw):  # reads 1s, 7 a distant second
+        p = np.full((len(images_nhw), 10), 0.01, np.float32)
+        p[:, 1], p[:, 7] = 0.8, 0.12
+        return p
+
+    def read(relabel):
+        return reading.read(two_bars(), fairly_sure, line=line_says("77"),
+                            weights=reading.LineWeights(relabel=relabel)).number
+
+    # The same boxes either way: the classifier's word on the shapes counts for more.
+    assert read(relabel=0.0) == "11"
+    assert read(relabel=1.0) == "77"
+
+
 def test_a_sure_segmentation_is_not_overruled_by_a_doubtful_line():
     result = reading.read(two_bars(), sure_of_anything(), line=lambda strip: np.log(
         np.full((strip.shape[1] // reading.FRAME, 11), 1 / 11, np.float32)) + frames_spelling(

@@ -176,15 +176,21 @@ class LineWeights:
     """How a line reader's reading is weighed against segmentation's, where they differ:
     each number costs its partition's cost (Costs; for the line reader's number, the
     least-cost partition into exactly its digits) plus `line` times -log of the line
-    reader's probability of it (CTC). A number no partition of the slices gives (digits
-    touching in a part too narrow to cut) costs `unsegmented` plus what the classifier makes
-    of the parts its frames cut (choose's `classify`; without it, segmentation's cost).
-    Chosen on validation strings (`benchmarks/reading.py --split=validation --tune
-    --per_case=30 --drawn=600`, configs/page.py's models, 2026-12-03): 1,081 of 1,140 right;
-    the best of a grid of line 0.25-4 and unsegmented 0-8 or never read 1,082."""
+    reader's probability of it (CTC). Where that partition is segmentation's own (the two
+    differ only in what the digits are, not where), the weight is `relabel`: the classifier
+    is the better judge of a digit's shape (on single digits drawn as on the pad the line
+    reader turned a classifier's right 4, 0 or 2 into 6, 6 or 7). A number no partition of
+    the slices gives (digits touching in a part too narrow to cut) costs `unsegmented` plus
+    what the classifier makes of the parts its frames cut (choose's `classify`; without it,
+    segmentation's cost). Chosen on validation strings and single digits
+    (`benchmarks/reading.py --split=validation --tune --per_case=30 --drawn=1500`,
+    configs/page.py's models, 2026-12-03): 1,976 of 2,040 right, the best of a grid of line
+    0.75-1.5, unsegmented 1-2, relabel 0.25-1 (with Costs' digit, cut and narrow_cut);
+    the weights before (1, 1, relabel 1) 1,965."""
 
-    line: float = 1.0
-    unsegmented: float = 1.0
+    line: float = 1.5
+    unsegmented: float = 2.0
+    relabel: float = 0.25
 
 
 def choose(found: Candidates, costs: "Costs", frames: Optional["LineFrames"] = None,
@@ -201,8 +207,11 @@ def choose(found: Candidates, costs: "Costs", frames: Optional["LineFrames"] = N
     if not number or number == segmented.number or len(number) > MAX_DIGITS:
         return segmented
     constrained = _best_partition(found, costs, number)
+    line_weight = weights.line
     if constrained is not None:
         line_reading, line_cost = _reading(found, constrained[0], number), constrained[1]
+        if constrained[0] == path:
+            line_weight = weights.relabel
     elif classify is not None:  # the digits between the frames, as the classifier reads them
         line_reading = _frame_reading(found, frames, number, classify)
         line_cost = weights.unsegmented + costs.cut * (len(number) - 1) + sum(
@@ -210,8 +219,8 @@ def choose(found: Candidates, costs: "Costs", frames: Optional["LineFrames"] = N
     else:
         line_reading = _frame_reading(found, frames, number)
         line_cost = cost + weights.unsegmented
-    if (cost + weights.line * ctc_nll(frames.log_probs, segmented.number)
-            <= line_cost + weights.line * ctc_nll(frames.log_probs, number)):
+    if (cost + line_weight * ctc_nll(frames.log_probs, segmented.number)
+            <= line_cost + line_weight * ctc_nll(frames.log_probs, number)):
         return segmented
     return line_reading
 
