@@ -10,14 +10,16 @@ Prints, side by side:
      a little, sent as PNG; and written with a round brush and with a thin pen
      (flaxdigits.data.written, one digit 126-168 px tall on a 280x280 canvas);
   2. latency with --clients concurrent clients (threads of this process) posting those PNGs
-     to the server (launch.py --mode=serve in its own process): p50, p90, p99, max, and
-     requests per second;
+     to the server (launch.py --mode=serve in its own processes): p50, p90, p99, max, and
+     requests per second, for each of --workers (default: one serving process, the
+     baseline, then serve's default, one per core);
   3. the status code of every kind of bad body (each must be a 4xx), and whether the server
      still answers afterwards.
 """
 
 import argparse
 import concurrent.futures
+import contextlib
 import gc
 import http.client
 import json
@@ -88,6 +90,8 @@ def main():
     parser.add_argument("--digits", type=int, default=300)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=1600, help="in the latency part")
+    parser.add_argument("--workers", default="1,0", help="serving processes (launch.py "
+                        "--workers) to measure the latency with, comma-separated")
     args = parser.parse_args()
     args.data_dir = str(args.data_dir or testing.mnist_folder(REPO))
 
@@ -95,28 +99,44 @@ def main():
         workdir = pathlib.Path(args.workdir or pathlib.Path(scratch) / "fast")
         if not args.workdir:
             train_fast(workdir, args.data_dir)
-        # The server runs as an operator runs it: launch.py --mode=serve, its own process
-        # (a server inside this process would share the GIL with the 16 client threads).
-        port = testing.free_port()
-        server = subprocess.Popen(
-            [sys.executable, "launch.py", "--config=configs/base.py", f"--workdir={workdir}",
-             "--mode=serve", f"--port={port}"], cwd=REPO, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            testing.wait_until_up(url + "/healthz", server)
-            run(args, inference.load(workdir), url)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        raw = idx.load_folder(pathlib.Path(args.data_dir))
+        images, labels = raw.test_images[:args.digits], raw.test_labels[:args.digits]
+        rng = np.random.default_rng(0)
+        pngs = [redrawn_png(image, rng) for image in images]
+        for k, workers in enumerate(int(w) for w in args.workers.split(",")):
+            with serving(workdir, workers) as url:
+                if k == 0:
+                    accuracy(args, inference.load(workdir), url, images, labels, pngs)
+                latency(args, url, pngs, workers)
+                if k == 0:
+                    bad_bodies(url, pngs)
 
 
-def run(args, trained, url):
-    raw = idx.load_folder(pathlib.Path(args.data_dir))
-    images, labels = raw.test_images[:args.digits], raw.test_labels[:args.digits]
-    rng = np.random.default_rng(0)
-    pngs = [redrawn_png(image, rng) for image in images]
+@contextlib.contextmanager
+def serving(workdir: pathlib.Path, workers: int):
+    """The server as an operator runs it: launch.py --mode=serve, in its own processes (a
+    server inside this process would share the GIL with the client threads)."""
+    port = testing.free_port()
+    server = subprocess.Popen(
+        [sys.executable, "launch.py", "--config=configs/base.py", f"--workdir={workdir}",
+         "--mode=serve", f"--port={port}", f"--workers={workers}"], cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        testing.wait_until_up(url + "/healthz", server)
+        # The other processes load and join: wait until every one has answered.
+        wanted, seen, deadline = workers or app.serving_processes(), set(), time.time() + 180
+        while len(seen) < wanted and time.time() < deadline:
+            with urllib.request.urlopen(url + "/healthz", timeout=30) as response:
+                seen.add(json.loads(response.read())["pid"])
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
+
+def accuracy(args, trained, url, images, labels, pngs):
     baseline = inference.predict_probabilities(trained.model, trained.variables,
                                                data.to_model_inputs(images)).argmax(-1)
     answers = [post(url, body, "image/png") for body in pngs]
@@ -138,6 +158,9 @@ def run(args, trained, url):
               f"the API: {np.mean(read == labels):.4f} ({np.sum(read == -1)} not read as one "
               f"digit)", flush=True)
 
+
+
+def latency(args, url, pngs, workers):
     local = threading.local()
     host, port = url.removeprefix("http://").split(":")
 
@@ -159,7 +182,8 @@ def run(args, trained, url):
     gc.collect()
     gc.freeze()  # as the server does: no full garbage-collector pass stalls the clients
     print(f"\n2. {args.requests} PNG requests from {args.clients} concurrent clients "
-          f"(latency in ms)")
+          f"(latency in ms), --workers={workers}"
+          f"{' (one per core, at most 4)' if workers == 0 else ''}")
     for name, one in (("keep-alive connections", keep_alive),
                       ("a new connection per request", new_connection)):
         with concurrent.futures.ThreadPoolExecutor(args.clients) as pool:
@@ -173,6 +197,9 @@ def run(args, trained, url):
               f"p99 {np.percentile(latencies, 99):.1f}, max {latencies.max():.1f}; non-200: "
               f"{sum(status != 200 for status, _ in results)}", flush=True)
 
+
+
+def bad_bodies(url, pngs):
     print("\n3. bad bodies")
     all_4xx = True
     for name, body, kind, _ in testing.bad_bodies(app.MAX_BODY_BYTES):

@@ -39,6 +39,9 @@ flags.DEFINE_integer("port", 8080, "--mode=serve: the port to listen on (0: any 
                      lower_bound=0, upper_bound=65535)
 flags.DEFINE_string("host", "127.0.0.1", "--mode=serve: the address to listen on "
                     "(0.0.0.0 for every interface).")
+flags.DEFINE_integer("workers", 0, "--mode=serve: how many processes serve (each its own "
+                     "copy of the model, all on the one port); 0: one per CPU core, at most 4.",
+                     lower_bound=0, upper_bound=64)
 flags.DEFINE_string("compilation_cache", "", "Folder of JAX's persistent compilation cache "
                     "(default: ~/.cache/flaxdigits/jax, or $FLAXDIGITS_CACHE/jax); 'off' turns "
                     "it off.")
@@ -246,12 +249,15 @@ def main(argv):
             tell_parent_joined()
         runtime.use_cpu_cores(*batch_sizes(FLAGS.config),  # before JAX starts
                               processes=FLAGS.num_processes or 1)
-        runtime.start_backend()
-        config_lib.validate(FLAGS.config)  # every mode: a bad value fails here, in seconds
         if FLAGS.mode == "serve":
             from flaxdigits.serving import app as serving_app
 
-            serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port)
+            serving_app.prepare_jax()  # before the backend starts
+        runtime.start_backend()
+        config_lib.validate(FLAGS.config)  # every mode: a bad value fails here, in seconds
+        if FLAGS.mode == "serve":
+            serving_app.serve(FLAGS.workdir, host=FLAGS.host, port=FLAGS.port,
+                              workers=FLAGS.workers or serving_app.serving_processes())
         elif FLAGS.mode == "read":
             unread = read_images(argv[1:], FLAGS.workdir, as_json=FLAGS.json)
             if unread:

@@ -1,6 +1,8 @@
 """flaxdigits/serving/app.py: the JSON API (Flask's test client), a real model behind it,
 the page in Chromium, and launch.py --mode=serve."""
 
+import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -79,7 +81,7 @@ def test_api_reads_png_jpeg_and_json(client, mnist_raw):
     from_json = check_prediction(client.post("/api/predict", json={"pixels": digit.tolist()}))
     assert np.corrcoef(np.ravel(from_json["input"]), digit.ravel())[0, 1] > 0.9
     assert np.corrcoef(np.ravel(from_alpha["input"]), digit.ravel())[0, 1] > 0.8
-    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/healthz").get_json() == {"status": "ok", "pid": os.getpid()}
     page_html = client.get("/").get_data(as_text=True)
     assert "<canvas id=\"pad\"" in page_html and "/api/predict" in page_html
 
@@ -205,11 +207,13 @@ def test_launch_serves_a_workdir_and_refuses_a_missing_one(workdir, tmp_path, la
     port = testing.free_port()
     process = subprocess.Popen(
         [sys.executable, "launch.py", "--config=configs/tiny.py", f"--workdir={workdir}",
-         "--mode=serve", f"--port={port}"], cwd=REPO,
+         "--mode=serve", f"--port={port}", "--workers=2"], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         health = testing.wait_until_up(f"http://127.0.0.1:{port}/healthz", process)
         assert health["status"] == "ok" and health["model"] == "cnn"
+        pids = serving_pids(f"http://127.0.0.1:{port}", 2)
+        assert process.pid in pids and len(pids) == 2  # both processes answer on the port
     finally:
         process.terminate()
         try:
@@ -220,6 +224,61 @@ def test_launch_serves_a_workdir_and_refuses_a_missing_one(workdir, tmp_path, la
     assert f"Serving on http://127.0.0.1:{port}/" in stderr and "Traceback" not in stderr
     assert process.returncode == 143  # SIGTERM: the documented exit, with one line
     assert stderr.strip().splitlines()[-1].startswith("flaxdigits: stopped by SIGTERM")
+    assert not alive(pids - {process.pid})  # the other serving process stopped with it
+
+
+def serving_pids(url: str, count: int, seconds: float = 120) -> set:
+    """The pids /healthz answers with, asked until `count` differ (or `seconds` pass)."""
+    import time
+    import urllib.request
+
+    pids, deadline = set(), time.monotonic() + seconds
+    while len(pids) < count and time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/healthz", timeout=30) as response:
+            pids.add(json.loads(response.read())["pid"])
+        time.sleep(0.05)
+    return pids
+
+
+def alive(pids) -> set:
+    import os
+
+    living = set()
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            living.add(pid)
+        except ProcessLookupError:
+            pass
+    return living
+
+
+@pytest.mark.slow
+def test_a_killed_server_leaves_no_serving_process_behind(workdir):
+    import os
+    import signal
+    import time
+
+    port = testing.free_port()
+    process = subprocess.Popen(
+        [sys.executable, "launch.py", "--config=configs/tiny.py", f"--workdir={workdir}",
+         "--mode=serve", f"--port={port}", "--workers=2"], cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    others = set()
+    try:
+        testing.wait_until_up(f"http://127.0.0.1:{port}/healthz", process)
+        others = serving_pids(f"http://127.0.0.1:{port}", 2) - {process.pid}
+        assert len(others) == 1
+        process.send_signal(signal.SIGKILL)  # no chance to stop the other
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while alive(others) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(others)
+    finally:  # never leave a server behind
+        process.kill()
+        for pid in alive(others):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_noted_stop_signal_ends_the_server_loop(monkeypatch):

@@ -143,10 +143,10 @@ def test_a_sure_segmentation_is_not_overruled_by_a_doubtful_line():
     assert result.number == "11"
 
 
-def sure_of_anything():
+def sure_of_anything(sure=0.991):
     def classify(images_nhw):
-        p = np.full((len(images_nhw), 10), 0.001, np.float32)
-        p[:, 1] = 0.991
+        p = np.full((len(images_nhw), 10), (1 - sure) / 9, np.float32)
+        p[:, 1] = sure
         return p
     return classify
 
@@ -176,8 +176,13 @@ def test_digits_no_cut_can_part_come_from_the_line_readers_frames():
     doubtful[1:3] = frames_spelling("3", 4, sure=0.3)[3:5]
     doubtful[frames - 3:frames - 1] = frames_spelling("8", 4, sure=0.3)[3:5]
     assert reading.ctc_greedy(doubtful.argmax(-1)) == "38"
-    assert reading.read(page, sure_of_anything(), line=lambda strip: doubtful,
+    assert reading.read(page, sure_of_anything(0.85), line=lambda strip: doubtful,
                         weights=reading.LineWeights(unsegmented=0.0)).number == "1"
+    # And one it is surer of is not read by the line reader at all (SURE_ALONE).
+    called = []
+    assert reading.read(page, sure_of_anything(), line=lambda strip: called.append(1) or
+                        log_probs, weights=reading.LineWeights(unsegmented=0.0)).number == "1"
+    assert not called and reading.SURE_ALONE <= 0.991
 
 
 def test_a_line_too_wide_for_the_line_reader_is_read_by_segmentation():

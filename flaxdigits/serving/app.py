@@ -18,6 +18,7 @@ Bad input gets a 4xx with {"error": "..."}; the server keeps serving.
 
 import gc
 import logging
+import os
 import pathlib
 import threading
 import time
@@ -58,7 +59,7 @@ def create_app(reader: reading.Reader, max_body_bytes: int = MAX_BODY_BYTES):
     @app.get("/healthz")
     def healthz():
         trained = reader.trained
-        info = {"status": "ok"}
+        info = {"status": "ok", "pid": os.getpid()}  # which of the serving processes
         if trained is not None:
             info.update(model=trained.config.model.name, step=trained.step)
         return jsonify(info)
@@ -137,13 +138,37 @@ def server_settings(threads: int) -> dict:
                 asyncore_use_poll=True)
 
 
-def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
+def serving_processes() -> int:
+    """What --workers=0 means: one serving process per CPU core this process may use, at
+    most 4 (each holds its own copy of the model and JAX, a few hundred MB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def prepare_jax() -> None:
+    """Before JAX's backend starts: each model call runs inline in the request's thread.
+    (JAX's default hands a CPU computation to a thread of its own and waits for it: under 16
+    concurrent clients that cost about a fifth of the throughput, benchmarks/serve.py.)"""
+    import jax
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
+def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
+          workers: int = 1):
     """Loads `workdir` once and serves the app with waitress until interrupted.
 
-    One worker thread: a request is a few milliseconds of CPU work under Python's GIL, so
-    more threads add lock contention, not throughput (benchmarks/serve.py measures it; the
-    figures are in the README). waitress's main thread still reads and writes every
-    connection asynchronously, so a slow client does not hold the worker.
+    `workers` processes serve, all accepting on the one listening socket: this one, which
+    serves from the moment it has loaded, and workers - 1 started with the socket (each
+    loads the model itself and joins when ready; one that dies leaves the rest serving).
+    In each, one worker thread: a request is a few milliseconds of CPU work under Python's
+    GIL, so more threads add lock contention, not throughput, and more processes are what
+    uses more cores (benchmarks/serve.py measures both; the figures are in docs/web.md).
+    waitress's main thread reads and writes every connection asynchronously, so a slow
+    client does not hold the worker.
     """
     import waitress
 
@@ -154,30 +179,99 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1):
              reader.trained.config.model.name, reader.trained.step,
              time.monotonic() - start)
     app = create_app(reader)
+    try:
+        server = waitress.create_server(app, host=host, port=port, **server_settings(threads))
+    except OSError as e:
+        raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    others = [_start_worker(workdir, server.socket, threads) for _ in range(workers - 1)]
     # Everything loaded so far (JAX, flax, the model) lives as long as the server: keep it
     # out of the garbage collector's full passes, which otherwise stall every request in
     # flight for ~100 ms now and then (measured by benchmarks/serve.py).
     gc.collect()
     gc.freeze()
+    log.info("Serving on http://%s:%s/ (%s; Ctrl-C stops)", host, server.effective_port,
+             "1 process" if workers == 1 else f"{workers} processes: the others join as "
+             f"each loads")
     try:
-        server = waitress.create_server(app, host=host, port=port, **server_settings(threads))
-    except OSError as e:
-        raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    log.info("Serving on http://%s:%s/ (Ctrl-C stops)", host, server.effective_port)
-    try:
-        run_until_stopped(server)
+        run_until_stopped(server, watch=lambda: _report_exited(others))
     finally:
         server.task_dispatcher.shutdown()
         server.close()
+        _stop_workers(others)
     log.info("Stopped")
 
 
-def run_until_stopped(server, stop_on_signal: bool = True) -> None:
+def _start_worker(workdir, listening, threads: int):
+    """Another serving process on the `listening` socket (`python -m
+    flaxdigits.serving.app`), in its own session: a Ctrl-C at the terminal reaches this
+    process, which stops it."""
+    import subprocess
+    import sys
+
+    fd = listening.fileno()
+    return subprocess.Popen(
+        [sys.executable, "-m", "flaxdigits.serving.app", str(pathlib.Path(workdir).resolve()),
+         str(fd), str(threads), str(os.getpid())],
+        pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        start_new_session=True)
+
+
+def _report_exited(workers: list) -> None:
+    for worker in workers:
+        if worker.poll() is not None and not getattr(worker, "reported", False):
+            worker.reported = True
+            alive = 1 + sum(w.poll() is None for w in workers)
+            log.warning("A serving process (pid %d) exited with code %s; %d still serve%s",
+                        worker.pid, worker.returncode, alive, "s" if alive == 1 else "")
+
+
+def _stop_workers(workers: list) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=10)
+        except Exception:  # noqa: BLE001 (a worker that ignores SIGTERM is killed)
+            worker.kill()
+            worker.wait()
+
+
+def _worker_main(workdir: str, fd: str, threads: str, parent: str) -> None:
+    """A serving process that `serve` started: serves on the inherited socket `fd` until
+    SIGTERM, or until its parent is gone."""
+    import signal
+    import socket
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it, with SIGTERM
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    import waitress
+
+    from flaxdigits import runtime
+
+    runtime.import_jax()
+    prepare_jax()
+    reader = reading.Reader.from_workdir(workdir)
+    app = create_app(reader)
+    listening = socket.socket(fileno=int(fd))
+    server = waitress.create_server(app, sockets=[listening], **server_settings(int(threads)))
+    gc.collect()
+    gc.freeze()
+
+    def parent_gone():
+        if os.getppid() != int(parent):  # killed (-9): serve no longer, unsupervised
+            os._exit(0)
+
+    run_until_stopped(server, stop_on_signal=False, watch=parent_gone)
+
+
+def run_until_stopped(server, stop_on_signal: bool = True, watch=None) -> None:
     """waitress's main loop (what `server.run()` does), one poll of at most GUARD_INTERVAL at
     a time, with guard_connections between polls, until a stop signal. A signal handler's
     exception ends it at once; but Python drops one raised while a finalizer runs (a socket
     closed by the garbage collector), and the handler notes the signal for that case
-    (launch.py), which is checked between polls."""
+    (launch.py), which is checked between polls. `watch`, where given, is called with each
+    guard."""
     from flaxdigits import runtime
 
     next_guard = 0.0
@@ -192,6 +286,8 @@ def run_until_stopped(server, stop_on_signal: bool = True) -> None:
         now = time.monotonic()
         if now >= next_guard:
             guard_connections(server._map, server.adj.connection_limit, now)
+            if watch is not None:
+                watch()
             next_guard = now + GUARD_INTERVAL
 
 
@@ -240,3 +336,12 @@ def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 
     thread = threading.Thread(target=run_until_stopped, args=(server, False), daemon=True)
     thread.start()
     return f"http://{host}:{server.effective_port}", server
+
+
+if __name__ == "__main__":  # a serving process that serve() starts
+    import sys
+
+    try:
+        _worker_main(*sys.argv[1:])
+    except Exception as e:  # noqa: BLE001 (one line; the parent says how many still serve)
+        sys.exit(f"flaxdigits: a serving process could not start: {e}")
