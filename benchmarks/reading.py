@@ -110,8 +110,7 @@ def main():
         try:
             found = reading.candidates(case["image"], reader.classify)
             frames = None if reader.line is None else reading.line_frames(found, reader.line)
-            ours = reading.choose(found, reading.Costs(),
-                                  frames if reading.needs_line_reader(found) else None,
+            ours = reading.choose(found, reading.Costs(), frames,
                                   classify=reader.classify).number
             if reader.line is not None:
                 halves[case["kind"]]["segmentation"] += (
@@ -202,8 +201,7 @@ def tune(cases, reader) -> None:
     for case in cases:
         try:
             f = reading.candidates(case["image"], reader.classify)
-            frames = None if reader.line is None or not reading.needs_line_reader(f) \
-                else reading.line_frames(f, reader.line)
+            frames = None if reader.line is None else reading.line_frames(f, reader.line)
             found.append((case, f, frames))
         except preprocess.BadInput:
             found.append((case, None, None))

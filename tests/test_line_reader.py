@@ -178,11 +178,6 @@ def test_digits_no_cut_can_part_come_from_the_line_readers_frames():
     assert reading.ctc_greedy(doubtful.argmax(-1)) == "38"
     assert reading.read(page, sure_of_anything(0.85), line=lambda strip: doubtful,
                         weights=reading.LineWeights(unsegmented=0.0)).number == "1"
-    # And one it is surer of is not read by the line reader at all (SURE_ALONE).
-    called = []
-    assert reading.read(page, sure_of_anything(), line=lambda strip: called.append(1) or
-                        log_probs, weights=reading.LineWeights(unsegmented=0.0)).number == "1"
-    assert not called and reading.SURE_ALONE <= 0.991
 
 
 def test_a_line_too_wide_for_the_line_reader_is_read_by_segmentation():

@@ -8,7 +8,7 @@
                         answers {"number": "54", "digits": [{"label": 5, "probability":
                         0.99, "box": [x0, y0, x1, y1]}, ...], and for the most confident
                         digit "label", "probabilities" (10) and "input" (its 28x28 image)}
-    GET  /healthz       {"status": "ok", ...}
+    GET  /healthz       {"status": "ok", "pid": ..., "model": ..., "step": ...}
 
 Every image is read by serving/reading.py: split into digits, each prepared as MNIST's were
 (serving/preprocess.py), so digits drawn large, small or off-centre reach the model as MNIST

@@ -119,7 +119,7 @@ def read(gray: np.ndarray, classify: Classify, costs: "Costs" = None,
     `line`, where there is one, reads the whole line too (see `choose`).
     Raises BadInput (422) where no digit is found or there are more than MAX_DIGITS."""
     found = candidates(gray, classify)
-    frames = line_frames(found, line) if line is not None and needs_line_reader(found) else None
+    frames = None if line is None else line_frames(found, line)
     return choose(found, costs or Costs(), frames, weights or LineWeights(), classify)
 
 
@@ -641,20 +641,6 @@ class LineFrames(NamedTuple):
     log_probs: np.ndarray  # (frames, 11): class 0 the CTC blank, 1 + d digit d
     x0: float  # the strip's column LINE_MARGIN is this column of the (shrunk) image ...
     factor: float  # ... and it has this many strip columns per image column
-
-
-# A lone mark too narrow to cut that the classifier reads as one digit this surely is not
-# read by the line reader too (it is a fifth of a lone digit's time). On validation (2,040
-# numbers and single digits, `benchmarks/reading.py --split=validation --tune --per_case=30
-# --drawn=1500`'s cases, configs/page.py's model, 2026-12-03), against always reading it:
-# at 0.6, 1,378 images skip it and 1 more is read right; at 0.5, 1,391 skip it and 1 fewer
-# (two touching pairs lost); at 0.9, 896 skip it and none change.
-SURE_ALONE = 0.6
-
-
-def needs_line_reader(found: Candidates) -> bool:
-    """Whether the line reader could add to segmentation's reading of `found`."""
-    return not (found.slices == 1 and float(found.probabilities.max()) >= SURE_ALONE)
 
 
 def line_frames(found: Candidates, line: LineModel) -> Optional[LineFrames]:
