@@ -405,3 +405,21 @@ def test_idle_connections_neither_lock_others_out_nor_linger():
         for connection in idle:
             connection.close()
         server.close()
+
+
+def test_a_serving_process_that_exits_is_reported_once(caplog):
+    import subprocess as sp
+
+    gone = sp.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    gone.wait()
+    alive_one = sp.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with caplog.at_level("WARNING"):
+            app_lib._report_exited([gone, alive_one])
+            app_lib._report_exited([gone, alive_one])
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warnings == [f"A serving process (pid {gone.pid}) exited with code 3; 2 still "
+                            f"serve"]
+    finally:
+        app_lib._stop_workers([alive_one])
+    assert alive_one.poll() is not None  # stopped, not left behind
