@@ -119,8 +119,8 @@ def workdir(trained):
 def test_predictor_reads_redrawn_digits(workdir, mnist_raw):
     reader = reading.Reader.from_workdir(workdir)
     client = app_lib.create_app(reader).test_client()
-    assert client.get("/healthz").get_json() == {"status": "ok", "model": "cnn",
-                                                 "step": reader.trained.step}
+    assert client.get("/healthz").get_json() == {
+        "status": "ok", "model": "cnn", "pid": os.getpid(), "step": reader.trained.step}
     images, labels = mnist_raw.test_images, mnist_raw.test_labels
     correct = 0
     for index in range(30):
