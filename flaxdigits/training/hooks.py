@@ -222,15 +222,15 @@ class StopSignals:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
     SYNC_EVERY_STEPS = 10  # a bounded wait (each sync holds every process up briefly)
 
-    def __init__(self):
+    def __init__(self, stopping: str = "stopping after this step, with a checkpoint"):
         self.received: Optional[int] = None
         self.previous = {}
         self.processes = jax.process_count()
+        self.stopping = stopping  # what the warning says happens next
 
     def _handle(self, signum, frame):
         if self.received is None:
-            log.warning("%s received: stopping after this step, with a checkpoint",
-                        signal.Signals(signum).name)
+            log.warning("%s received: %s", signal.Signals(signum).name, self.stopping)
         self.received = signum
 
     def agreed(self, step: int, last_step: int) -> Optional[int]:

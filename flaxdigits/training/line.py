@@ -155,7 +155,8 @@ def _train(line_config, batches: queue.Queue, seed: int):
     opt_state = optimizer.init(params)
     started = time.monotonic()
     loss = None
-    with hooks.StopSignals() as stop:
+    with hooks.StopSignals("stopping after this step (the line reader keeps no checkpoint: "
+                           "the next run trains it again)") as stop:
         for index in range(1, steps + 1):
             params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state,
                                                         *batches.get())
