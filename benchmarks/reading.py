@@ -27,7 +27,6 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flaxdigits import data, testing  # noqa: E402
-from flaxdigits.data import written  # noqa: E402
 from flaxdigits.serving import preprocess, reading  # noqa: E402
 
 SEEDS = {"test": 2026, "validation": 7}  # the generator's seed per source of digits
@@ -63,11 +62,8 @@ def drawn_digits(images, labels, count: int, seed: int) -> list:
     cases = []
     for k, i in enumerate(rng.choice(len(images), size=min(count, len(images)), replace=False)):
         style = ("drawn", "brush", "pen")[k % 3]
-        if style == "drawn":
-            image = testing.redraw_anywhere(images[i], rng)
-        else:
-            image, _ = written.number_image([images[i]], gap="spaced", stroke=style,
-                                            light_on_dark=False, canvas=(280, 280), rng=rng)
+        image = (testing.redraw_anywhere(images[i], rng) if style == "drawn"
+                 else testing.stroked(images[i], style, rng))
         cases.append(dict(kind=style, length=1, number=str(int(labels[i])),
                           image=np.asarray(image, np.float32)))
     return cases
@@ -92,8 +88,8 @@ def main():
     parser.add_argument("--latency_runs", type=int, default=50)
     parser.add_argument("--show_errors", type=int, default=0)
     parser.add_argument("--drawn", type=int, default=300, help="with --tune: also this many "
-                        "single digits, a third each drawn as on the page's pad, with a brush and with a pen "
-                        "(kinds 'drawn', 'brush', 'pen')")
+                        "single digits, a third each drawn as on the page's pad, with a brush "
+                        "and with a pen (kinds 'drawn', 'brush', 'pen')")
     parser.add_argument("--tune", action="store_true", help="search reading.Costs on these "
                         "numbers (use --split=validation) and print the best")
     args = parser.parse_args()

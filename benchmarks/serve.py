@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from flaxdigits import data, testing  # noqa: E402
-from flaxdigits.data import idx, written  # noqa: E402
+from flaxdigits.data import idx  # noqa: E402
 from flaxdigits.evaluation import inference  # noqa: E402
 from flaxdigits.serving import app  # noqa: E402
 
@@ -46,13 +46,6 @@ from flaxdigits.serving import app  # noqa: E402
 def redrawn_png(digit: np.ndarray, rng: np.random.Generator, canvas: int = 280) -> bytes:
     """An MNIST digit drawn 100-250 px tall at a random place, dark on light, blurred."""
     return testing.encode(testing.redraw_anywhere(digit, rng, canvas))
-
-
-def stroked_png(digit: np.ndarray, stroke: str, rng: np.random.Generator) -> bytes:
-    """An MNIST digit rewritten with a round brush or a thin pen, dark on a light 280x280."""
-    image, _ = written.number_image([digit], gap="spaced", stroke=stroke,
-                                    light_on_dark=False, canvas=(280, 280), rng=rng)
-    return testing.encode(image)
 
 
 def as_digits(answers) -> np.ndarray:
@@ -109,7 +102,7 @@ def main():
                     accuracy(args, inference.load(workdir), url, images, labels, pngs)
                 latency(args, url, pngs, workers)
                 if k == 0:
-                    bad_bodies(url, pngs)
+                    refusals(url, pngs)
 
 
 @contextlib.contextmanager
@@ -152,12 +145,11 @@ def accuracy(args, trained, url, images, labels, pngs):
           f"refused: {refused[:3]})")
     for stroke in ("brush", "pen"):
         stroke_rng = np.random.default_rng(1)
-        read = as_digits([post(url, stroked_png(image, stroke, stroke_rng), "image/png")
-                          for image in images])
+        bodies = [testing.encode(testing.stroked(image, stroke, stroke_rng)) for image in images]
+        read = as_digits([post(url, body, "image/png") for body in bodies])
         print(f"   written with a {'round brush' if stroke == 'brush' else 'thin pen'}, via "
               f"the API: {np.mean(read == labels):.4f} ({np.sum(read == -1)} not read as one "
               f"digit)", flush=True)
-
 
 
 def latency(args, url, pngs, workers):
@@ -198,8 +190,7 @@ def latency(args, url, pngs, workers):
               f"{sum(status != 200 for status, _ in results)}", flush=True)
 
 
-
-def bad_bodies(url, pngs):
+def refusals(url, pngs):
     print("\n3. bad bodies")
     all_4xx = True
     for name, body, kind, _ in testing.bad_bodies(app.MAX_BODY_BYTES):

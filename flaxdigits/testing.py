@@ -129,6 +129,16 @@ def redraw_anywhere(digit_28x28: np.ndarray, rng: np.random.Generator,
                   blur=rng.uniform(1.0, 2.5))
 
 
+def stroked(digit_28x28: np.ndarray, stroke: str, rng: np.random.Generator) -> np.ndarray:
+    """An MNIST digit written alone with a round brush or a thin pen ('brush' or 'pen',
+    flaxdigits.data.written), dark on a light 280x280 canvas."""
+    from flaxdigits.data import written
+
+    image, _ = written.number_image([digit_28x28], gap="spaced", stroke=stroke,
+                                    light_on_dark=False, canvas=(280, 280), rng=rng)
+    return image
+
+
 def encode(array_or_image, kind: str = "PNG") -> bytes:
     """A uint8 array or a PIL image as PNG (or JPEG, GIF, ...) bytes."""
     from PIL import Image

@@ -226,13 +226,15 @@ def _report_exited(workers: list) -> None:
 
 
 def _stop_workers(workers: list) -> None:
+    import subprocess
+
     for worker in workers:
         if worker.poll() is None:
             worker.terminate()
     for worker in workers:
         try:
             worker.wait(timeout=10)
-        except Exception:  # noqa: BLE001 (a worker that ignores SIGTERM is killed)
+        except subprocess.TimeoutExpired:  # a worker that ignores SIGTERM is killed
             worker.kill()
             worker.wait()
 

@@ -277,6 +277,11 @@ def _shrunk(ink: np.ndarray, factor: float):
     return small, factor
 
 
+def _digit_sized(area: int, width: int, height: int) -> bool:
+    """Whether a connected mark is big enough to be a digit, whatever else is there."""
+    return area >= preprocess.MIN_INK_PIXELS and max(width, height) >= preprocess.MIN_IMAGE_SIDE
+
+
 def _tallest_mark(ink: np.ndarray) -> int:
     """The height of the tallest connected mark of `ink` big enough to be a digit (1 where
     there is none: _parts then says so)."""
@@ -285,10 +290,9 @@ def _tallest_mark(ink: np.ndarray) -> int:
     labels, count = ndimage.label(ink > preprocess.INK_LEVEL * ink.max(),
                                   structure=np.ones((3, 3), bool))
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    heights = [box[0].stop - box[0].start for box, area in zip(ndimage.find_objects(labels), areas)
-               if area >= preprocess.MIN_INK_PIXELS
-               and max(box[0].stop - box[0].start, box[1].stop - box[1].start)
-               >= preprocess.MIN_IMAGE_SIDE]
+    boxes = ndimage.find_objects(labels)
+    heights = [rows.stop - rows.start for (rows, cols), area in zip(boxes, areas)
+               if _digit_sized(area, cols.stop - cols.start, rows.stop - rows.start)]
     return max(heights, default=1)
 
 
@@ -317,8 +321,7 @@ def _parts(ink: np.ndarray) -> list:
             crossed_again = np.count_nonzero(runs >= 2) / max(1, np.count_nonzero(runs))
             c["flat"] = c["h"] <= 3 * thick + 2 and crossed_again < FLAT_CROSSINGS
     # A mark smaller than MIN_IMAGE_SIDE both ways cannot be a digit, whatever else is there.
-    solid = [c for c in comps if not c["flat"] and c["area"] >= preprocess.MIN_INK_PIXELS
-             and max(c["w"], c["h"]) >= preprocess.MIN_IMAGE_SIDE]
+    solid = [c for c in comps if not c["flat"] and _digit_sized(c["area"], c["w"], c["h"])]
     if not solid:
         raise BadInput(422, "no digits found: only specks or lines of ink")
     height = max(c["h"] for c in solid)
@@ -336,8 +339,7 @@ def _parts(ink: np.ndarray) -> list:
             if len(over) == 1 and c["w"] <= MAX_DIGIT_WIDTH * height:
                 kept.append(c)
         elif (max(c["w"], c["h"]) < SPECK_SIDE * height and c["area"] < 0.05 * biggest) \
-                or c["area"] < preprocess.MIN_INK_PIXELS \
-                or max(c["w"], c["h"]) < preprocess.MIN_IMAGE_SIDE:
+                or not _digit_sized(c["area"], c["w"], c["h"]):
             continue  # a speck
         else:
             kept.append(c)
