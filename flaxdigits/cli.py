@@ -9,6 +9,7 @@ and notebooks call them directly.
 """
 
 import faulthandler
+import functools
 import logging as std_logging
 import os
 import signal
@@ -27,12 +28,13 @@ CONFIG_HELP = ("A shipped config's name (tiny, fast, base, deep, accurate, page)
                "a config file (configs/base.py); --config.FIELD=VALUE overrides a field.")
 flags.DEFINE_string("workdir", None, "Folder for config.json, metrics.jsonl and outputs.")
 flags.DEFINE_enum(
-    "mode", "train", ["train", "evaluate", "predict", "read", "serve"],
+    "mode", "train", ["train", "evaluate", "predict", "read", "serve", "export"],
     "train: train (or resume) and report. evaluate: report.json and plots/ of the workdir's "
     "best checkpoint on the config's data. predict: submission.csv for the Kaggle test.csv "
     "in --config.data.dir. read: the number in each image named after the flags "
     "(launch.py --mode=read ... a.png b.jpg), one line per image. serve: the drawing page and "
-    "JSON API for the workdir's model.")
+    "JSON API for the workdir's model. export: W/export/ (ONNX, jax.export, model.json), each "
+    "file checked against the library on the test split.")
 flags.DEFINE_bool("json", False, "--mode=read: one JSON object per image (path, number, "
                   "digits with label, probability and box; or path and error).")
 flags.DEFINE_integer("port", 8080, "--mode=serve: the port to listen on (0: any free one).",
@@ -94,7 +96,13 @@ def run(argv=None):
         # the spelling (launch.py, the flaxdigits command, python -m flaxdigits).
         for flag in FLAGS.get_flags_for_module(__name__):
             FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main, argv=argv, flags_parser=lambda args: parse_flags(args, value is not None))
+    app.run(functools.partial(main, config_name=config_name(value)), argv=argv, flags_parser=lambda args: parse_flags(args, value is not None))
+
+
+def config_name(value) -> str:
+    """A shipped config's name for --config=page or --config=configs/page.py; a file's stem
+    otherwise ('' without --config): what model.json records."""
+    return os.path.splitext(os.path.basename(value or ""))[0]
 
 
 def take_config_argument(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -211,7 +219,7 @@ def quiet_dropped_signals(unraisable, default_hook=sys.unraisablehook):
     default_hook(unraisable)
 
 
-def main(argv):
+def main(argv, config_name: str = ""):
     if len(argv) > 1 and FLAGS.mode != "read":
         sys.exit(f"flaxdigits: error: unexpected arguments: {' '.join(argv[1:])} (only "
                  f"--mode=read takes image paths)")
@@ -264,7 +272,7 @@ def main(argv):
                 stop(f"flaxdigits: error: {unread} of {len(argv) - 1} images could not be "
                      f"read", 1, several)
         else:
-            print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir))
+            print(run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir, config_name))
         dropped = runtime.noted_signal()  # a signal whose exception Python dropped
         if dropped is not None:
             raise stop_exception(dropped)
@@ -421,7 +429,7 @@ def read_images(paths, workdir, as_json: bool) -> int:
     return unread
 
 
-def run_mode(mode: str, config, workdir) -> str:
+def run_mode(mode: str, config, workdir, config_name: str = "") -> str:
     """Runs `mode`; returns the one line the launcher prints last."""
     # Imported here, after flag parsing, so that --help and flag errors stay fast.
     from flaxdigits.evaluation import report as report_lib
@@ -429,6 +437,10 @@ def run_mode(mode: str, config, workdir) -> str:
 
     if mode == "predict":
         return f"submission={report_lib.predict_workdir(config, workdir)}"
+    if mode == "export":
+        from flaxdigits import export
+
+        return f"export={export.export_workdir(config, workdir, config_name)}"
     if mode == "train":
         report = loop.train_and_evaluate(config, workdir)["report"]
     else:

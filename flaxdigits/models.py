@@ -149,7 +149,7 @@ class LineReader(nn.Module):
             # The width is pooled by 4 in all, the height by 8 (a 24-px strip -> 3 rows).
             window = (2, 2) if index < 2 else (2, 1) if index == 2 else None
             if window is not None:
-                x = nn.max_pool(x, window, strides=window)
+                x = nn.max_pool(x, window_shape=window, strides=window)
         b, h, w, c = x.shape
         x_bwf = jnp.transpose(x, (0, 2, 1, 3)).reshape(b, w, h * c)
         x_bwf = nn.relu(nn.Dense(self.sequence_features)(x_bwf))

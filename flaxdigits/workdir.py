@@ -10,6 +10,7 @@
     W/plots/*.png       training curves, confusion matrix, misclassified digits
     W/profile/          a jax.profiler trace, where config.profile_steps asks for one
     W/submission.csv    Kaggle predictions (--mode=predict)
+    W/export/           ONNX and jax.export files, verified (--mode=export; flaxdigits/export.py)
 """
 
 import contextlib
@@ -52,6 +53,7 @@ class Workdir:
     plots_dir = property(lambda self: self.path / "plots")
     profile_dir = property(lambda self: self.path / "profile")
     submission_file = property(lambda self: self.path / "submission.csv")
+    export_dir = property(lambda self: self.path / "export")
 
     # -- config.json
 
