@@ -87,3 +87,18 @@ def last_line(result) -> str:
 @pytest.fixture(name="last_line")
 def last_line_fixture():
     return last_line
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KB filesystem (tmpfs), where root may mount one; skipped elsewhere."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs",
+                              str(mountpoint)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True)

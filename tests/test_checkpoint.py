@@ -230,21 +230,6 @@ def test_signal_stops_with_checkpoint_and_rerun_completes(tmp_path, data_dir, si
     assert result.stdout.strip().startswith("test_accuracy=")
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 400 KB filesystem (tmpfs), where root may mount one; skipped elsewhere."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs",
-                              str(mountpoint)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small filesystem here (needs root)")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], capture_output=True)
-
-
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, data_dir, small_disk):
     config = run_config(data_dir, num_epochs=6, checkpoint_every_steps=5)
