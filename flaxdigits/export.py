@@ -10,6 +10,9 @@ W/export/ holds
                       jax and numpy only: jax.export.deserialize(bytes).call(images)
     line_reader.onnx  where W has a line reader: strips float32 [batch, 24, width, 1] ->
                       log-probabilities [batch, width / 4, 11] (class 0 the CTC blank)
+    web/              a static page that reads numbers in the browser: index.html, page.js,
+                      reading.js (the port of serving/reading.py), onnxruntime-web's wasm
+                      build and the .onnx files; any static host serves it
     model.json        what a user of the files needs: inputs and outputs, the MNIST-style
                       preparation constants, where the model came from, what was verified,
                       the versions that made the files and each file's sha256
@@ -86,14 +89,17 @@ def export_workdir(config, workdir, config_name: str = "") -> pathlib.Path:
                 "log_probabilities", "line_reader")
         for name, content in files.items():
             _write(partial / name, content)
+        web = _write_page(partial, [name for name in files if name.endswith(".onnx")])
         verified = verify_classifier(partial, trained, split.images, onnxruntime)
         verified["split"] = split_name
         if line_variables is not None:
             verified["line_reader"] = verify_line_reader(
                 partial, _line_reader_function(line_variables), split.images, onnxruntime)
         accuracy = float(np.mean(verified.pop("labels") == split.label_ids))
-        description = describe(trained, config_name, split_name, accuracy, verified,
-                               {name: partial / name for name in files}, jax2onnx)
+        written = {name: partial / name for name in files}
+        written.update({f"web/{p.name}": p for p in sorted(web.iterdir())})
+        description = describe(trained, config_name, split_name, accuracy, verified, written,
+                               jax2onnx)
         _write(partial / "model.json", json.dumps(description, indent=2) + "\n")
         _replace(partial, final)
     finally:
@@ -169,6 +175,18 @@ def _onnx_bytes(jax2onnx, fn: Callable, inputs, input_name: str, output_name: st
                               f"({type(e).__name__}: {message})") from None
     finally:
         root.setLevel(level)
+    # jax2onnx declares some intermediate shapes in its own (NCHW) layout where the values
+    # are NHWC: onnxruntime (Python) merges them leniently, onnxruntime-web refuses the
+    # model. They are hints only; without them every runtime infers the shapes itself,
+    # and the strict check below is the one the web runtime makes.
+    del proto.graph.value_info[:]
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise FlaxDigitsError(f"model {what}: jax2onnx made an invalid ONNX model "
+                              f"({' '.join(str(e).split())[:300]})") from None
     return proto.SerializeToString()
 
 
@@ -209,6 +227,86 @@ def _replace(partial: pathlib.Path, final: pathlib.Path) -> None:
         raise FlaxDigitsError(f"{final}: cannot put the export there ({e.strerror or e})") \
             from None
     shutil.rmtree(old, ignore_errors=True)
+
+
+# The page (flaxdigits/serving/web/export/) and the onnxruntime-web build it runs: one
+# version from npm, its tarball checked against the registry's sha512, kept in the cache.
+PAGE_FILES = ("index.html", "page.js", "reading.js")
+PAGE_SOURCE = pathlib.Path(__file__).parent / "serving" / "web" / "export"
+ONNXRUNTIME_WEB = "1.22.0"  # its wasm build is 11 MB (1.31: 15 MB); runs ONNX opset 21
+ONNXRUNTIME_WEB_SHA512 = ("Ud/+EBo6mhuaQWt/OjaOk0iNWjXqJoeeMFr6xQEERZdIZH2OWpGzuujz7lfuOBjUa6TEE"
+                          "/sc4nb7Da5dNL34fg==")
+ONNXRUNTIME_WEB_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.mjs",
+                         "ort-wasm-simd-threaded.wasm")
+
+
+def _write_page(folder: pathlib.Path, models: list) -> pathlib.Path:
+    """folder/web/: the page, onnxruntime-web's files and copies of the models."""
+    runtime = onnxruntime_web()
+    web = folder / "web"
+    try:
+        web.mkdir()
+        for name in PAGE_FILES:
+            shutil.copyfile(PAGE_SOURCE / name, web / name)
+        for name in ONNXRUNTIME_WEB_FILES:
+            shutil.copyfile(runtime / name, web / name)
+        for name in models:
+            shutil.copyfile(folder / name, web / name)
+    except OSError as e:
+        raise FlaxDigitsError(f"{e.filename or web}: cannot write it ({e.strerror or e})") \
+            from None
+    return web
+
+
+def onnxruntime_web() -> pathlib.Path:
+    """The cache folder holding ONNXRUNTIME_WEB_FILES, fetched with `npm pack` the first
+    time (the tarball's sha512 checked), or one line saying what is missing."""
+    import base64
+    import subprocess
+    import tarfile
+    import tempfile
+
+    from flaxdigits.data import fetch
+
+    folder = fetch.default_cache_dir() / f"onnxruntime-web-{ONNXRUNTIME_WEB}"
+    if all((folder / name).is_file() for name in ONNXRUNTIME_WEB_FILES):
+        return folder
+    missing = (f"the exported page needs onnxruntime-web {ONNXRUNTIME_WEB}: install npm "
+               f"(Node.js) and run the export again, or put its dist/ files "
+               f"{' and '.join(ONNXRUNTIME_WEB_FILES)} into {folder}")
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FlaxDigitsError(missing)
+    log.info("Fetching onnxruntime-web %s with npm into %s", ONNXRUNTIME_WEB, folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            subprocess.run([npm, "pack", f"onnxruntime-web@{ONNXRUNTIME_WEB}",
+                            "--pack-destination", tmp, "--silent"], check=True,
+                           capture_output=True, timeout=600, cwd=tmp)
+        except (OSError, subprocess.SubprocessError) as e:
+            why = getattr(e, "stderr", b"") or b""
+            why = " ".join(why.decode(errors="replace").split())[:200] or type(e).__name__
+            raise FlaxDigitsError(f"npm pack onnxruntime-web@{ONNXRUNTIME_WEB} failed "
+                                  f"({why}); {missing}") from None
+        tarball = next(pathlib.Path(tmp).glob("onnxruntime-web-*.tgz"))
+        digest = base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()
+        if digest != ONNXRUNTIME_WEB_SHA512:
+            raise FlaxDigitsError(f"npm gave an onnxruntime-web {ONNXRUNTIME_WEB} whose "
+                                  f"sha512 is not the registry's ({digest[:16]}...); not used")
+        partial = pathlib.Path(tmp) / "files"
+        partial.mkdir()
+        with tarfile.open(tarball) as archive:
+            for name in ONNXRUNTIME_WEB_FILES:
+                source = archive.extractfile(f"package/dist/{name}")
+                (partial / name).write_bytes(source.read())
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.move(str(partial), folder)
+        except OSError as e:
+            raise FlaxDigitsError(f"{folder}: cannot write the onnxruntime-web cache "
+                                  f"({e.strerror or e})") from None
+    return folder
 
 
 VERIFY_BATCH = 1000
@@ -357,6 +455,7 @@ def describe(trained, config_name: str, split_name: str, accuracy: float, verifi
                          jax.export.deserialize(bytearray(files["model.jax"].read_bytes()))
                          .calling_convention_version),
                      "onnx_opset": ONNX_OPSET},
+        "onnxruntime_web": ONNXRUNTIME_WEB,
         "files": {name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
                   for name, path in sorted(files.items())},
     }

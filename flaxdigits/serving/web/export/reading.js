@@ -7,9 +7,9 @@
 // Images are {h, w, d}: d a Float32Array of h * w values, row by row. Where NumPy computes
 // in float32 (the ink, thresholds of the ink against its brightest), Math.fround does here;
 // where it computes in float64 (costs, paths, centres of mass), plain numbers do.
-// What cannot be bit-identical: sums NumPy adds pairwise (a centre of mass, in the last bit),
-// and the models' probabilities (onnxruntime-web against XLA: about 1e-6). Either can only
-// change a reading at an exact tie.
+// Sums are added in NumPy's order where the last bit matters (pairwiseSum). What cannot be
+// bit-identical: the models' probabilities (onnxruntime-web against XLA, about 1e-6 apart),
+// which can only change a reading at a near tie.
 
 export const IMAGE_SIDE = 28;
 export const FIT_BOX = 20, MNIST_CENTRE = 14.0, WORK_BOX = 60;
@@ -50,6 +50,29 @@ function median(values) {
   const s = Float32Array.from(values).sort();
   const n = s.length;
   return n % 2 ? s[(n - 1) / 2] : f32((s[n / 2 - 1] + s[n / 2]) / 2);
+}
+
+// NumPy's sum of a contiguous array (pairwise_sum in its loops): eight running sums per
+// block of up to 128 values, blocks halved recursively. `round` rounds each addition to
+// the array's dtype (Math.fround for float32).
+function pairwiseSum(a, start, n, round) {
+  if (n < 8) {
+    let r = 0;
+    for (let i = start; i < start + n; i++) r = round(r + a[i]);
+    return r;
+  }
+  if (n <= 128) {
+    const r = Array.from(a.subarray(start, start + 8), v => round(v));
+    let i = 8;
+    for (; i < n - (n % 8); i += 8) for (let j = 0; j < 8; j++) r[j] = round(r[j] + a[start + i + j]);
+    let res = round(round(round(r[0] + r[1]) + round(r[2] + r[3])) +
+                    round(round(r[4] + r[5]) + round(r[6] + r[7])));
+    for (; i < n; i++) res = round(res + a[start + i]);
+    return res;
+  }
+  let half = Math.trunc(n / 2);
+  half -= half % 8;
+  return round(pairwiseSum(a, start, half, round) + pairwiseSum(a, start + half, n - half, round));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -349,14 +372,15 @@ export function mnistBox(ink) {
   }
   const fitted = fit(x, FIT_BOX);
   for (let i = 0; i < fitted.d.length; i++) if (fitted.d[i] < 0) fitted.d[i] = 0;
-  let mass = 0, rowMass = 0, colMass = 0;
-  for (let r = 0; r < fitted.h; r++) {
-    for (let c = 0; c < fitted.w; c++) {
-      const v = fitted.d[r * fitted.w + c];
-      mass += v; rowMass += r * v; colMass += c * v;
-    }
+  // The centre of mass as NumPy sums it (pairwise): at an exact half pixel the last bit
+  // decides which way the digit is shifted.
+  const n = fitted.d.length, byRow = new Float64Array(n), byCol = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    byRow[i] = Math.trunc(i / fitted.w) * fitted.d[i];
+    byCol[i] = (i % fitted.w) * fitted.d[i];
   }
-  mass = f32(mass);  // NumPy sums a float32 array in float32
+  const mass = pairwiseSum(fitted.d, 0, n, f32);  // a float32 array sums in float32
+  const rowMass = pairwiseSum(byRow, 0, n, x => x), colMass = pairwiseSum(byCol, 0, n, x => x);
   const top = Math.trunc(pyRound(MNIST_CENTRE - rowMass / mass));
   const left = Math.trunc(pyRound(MNIST_CENTRE - colMass / mass));
   const out = image(IMAGE_SIDE, IMAGE_SIDE);
