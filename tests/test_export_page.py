@@ -1,0 +1,176 @@
+"""The exported page (W/export/web/) in Chromium, every request outside its own host cut
+off: it reads the same numbers, with the same boxes, as the Python reader of the same
+workdir, from the pad, from uploads and from JavaScript."""
+
+import base64
+import functools
+import http.server
+import pathlib
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from PIL import Image
+
+from flaxdigits import export, testing
+from flaxdigits.serving import preprocess, reading
+
+from .conftest import tiny_config
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FIXTURES = pathlib.Path(__file__).with_name("fixtures") / "numbers"
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    not pathlib.Path(CHROMIUM).exists(),
+    reason="Debian's chromium is not installed (.ci/run installs it)")]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, mnist_raw):
+    """A tiny CNN and a briefly trained line reader on 6,000 MNIST digits, exported."""
+    from flaxdigits.training import loop
+
+    root = tmp_path_factory.mktemp("page")
+    data_dir = testing.write_idx_subset(mnist_raw, root / "mnist", 6000, 1000)
+    config = tiny_config(**{"data.dir": str(data_dir), "num_epochs": 2,
+                            "optim.learning_rate": 3e-3, "line_reader.steps": 60,
+                            "line_reader.glyphs": 600, "line_reader.batch_size": 16})
+    loop.train_and_evaluate(config, root / "w")
+    export.export_workdir(config, root / "w", "tiny")
+    return root / "w"
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def page(workdir):
+    """The page, served by a plain static server; yields (page, outside requests seen)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(workdir / "export" / "web")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    outside = []
+
+    def only_our_host(route):
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True,
+                args=["--no-sandbox", "--disable-background-networking"])
+            # bypass_csp: the page's own policy forbids eval, which Playwright's waits use.
+            tab = browser.new_page(viewport={"width": 1400, "height": 700}, bypass_csp=True)
+            tab.route("**/*", only_our_host)
+            tab.goto(url + "/")
+            tab.wait_for_function("window.flaxdigits && (window.flaxdigits.loadedMs !== "
+                                  "undefined || window.flaxdigits.error)", timeout=60_000)
+            assert tab.evaluate("window.flaxdigits.error") is None
+            yield tab, outside
+            browser.close()
+    finally:
+        server.shutdown()
+
+
+READ_PNG = """async b64 => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  try {
+    const { gray } = await window.flaxdigits.grayOfFile(new Blob([bytes], {type: "image/png"}));
+    const r = await window.flaxdigits.readGray(gray);
+    return {number: r.number, boxes: r.digits.map(d => d.box),
+            probabilities: r.digits.map(d => d.probability)};
+  } catch (e) { return {error: e.message, status: e.status}; }
+}"""
+
+
+def python_reading(reader, body: bytes) -> dict:
+    try:
+        result = reader.read(preprocess.decode_image(body))
+    except preprocess.BadInput as e:
+        return {"error": str(e), "status": e.status}
+    return {"number": result.number, "boxes": [list(d.box) for d in result.digits],
+            "probabilities": [d.probability for d in result.digits]}
+
+
+def parity_images(mnist_raw) -> list:
+    """The reading tests' fixture strings, generated numbers of every kind, lone digits
+    drawn as on the pad, and pages with no number on them."""
+    images = [np.asarray(Image.open(p), np.float32)
+              for p in sorted(FIXTURES.glob("*.png"))]
+    cases = testing.number_cases(mnist_raw.test_images, mnist_raw.test_labels, 1, seed=31,
+                                 lengths=(1, 2, 4, 6))
+    images += [c["image"] for c in cases]
+    rng = np.random.default_rng(4)
+    images += [testing.redraw_anywhere(mnist_raw.test_images[i], rng) for i in range(6)]
+    images += [testing.specks_page(), testing.ruled_line_page(), np.full((60, 90), 255.0)]
+    return images
+
+
+def test_the_page_reads_what_the_python_reader_reads(workdir, page, mnist_raw):
+    tab, outside = page
+    reader = reading.Reader.from_workdir(workdir)
+    assert reader.line is not None  # the line reader's path is compared too
+    differ = []
+    images = parity_images(mnist_raw)
+    for k, image in enumerate(images):
+        body = testing.encode(np.asarray(image, np.uint8))
+        ours = python_reading(reader, body)
+        theirs = tab.evaluate(READ_PNG, base64.b64encode(body).decode())
+        if ours.get("number") != theirs.get("number") or ours.get("boxes") != theirs.get(
+                "boxes") or ours.get("error") != theirs.get("error"):
+            differ.append((k, ours, theirs))
+            continue
+        if "probabilities" in ours:  # onnxruntime-web against XLA
+            np.testing.assert_allclose(theirs["probabilities"], ours["probabilities"],
+                                       atol=1e-4)
+    assert not differ, differ
+    assert sum("number" in python_reading(reader, testing.encode(
+        np.asarray(image, np.uint8))) for image in images) >= len(images) - 3
+    assert not outside, outside
+
+
+def number_shown(tab, previous: str) -> str:
+    tab.wait_for_function(f"document.getElementById('number').dataset.number !== "
+                          f"'{previous}'", timeout=20_000)
+    tab.wait_for_function("document.getElementById('number').dataset.settled === 'yes'",
+                          timeout=20_000)
+    return tab.locator("#number").inner_text()
+
+
+def test_writing_on_the_pad_and_uploading_a_scan(page, tmp_path):
+    tab, outside = page
+    tab.click("#clear")
+    box = tab.locator("#pad").bounding_box()
+    for left in (300, 520):  # "11": two vertical strokes, far apart
+        tab.mouse.move(box["x"] + left, box["y"] + 50)
+        tab.mouse.down()
+        for k in range(1, 21):
+            tab.mouse.move(box["x"] + left - k, box["y"] + 50 + 9 * k)
+        tab.mouse.up()
+    assert number_shown(tab, "") == "11"
+    assert len(tab.locator("#digits span").all_inner_texts()) == 2
+    tab.click("#undo")
+    assert number_shown(tab, "11") == "1"
+
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(testing.encode(testing.many_marks_page(2)))
+    tab.set_input_files("#upload", str(scan))
+    assert number_shown(tab, "1") == "11"
+
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    tab.set_input_files("#upload", str(junk))
+    tab.wait_for_function("document.getElementById('status').textContent.includes("
+                          "'not a readable PNG or JPEG image')", timeout=20_000)
+    assert tab.locator("#number").inner_text() == "?"
+    assert not outside, outside
