@@ -2,6 +2,7 @@
 on-disk format, digits redrawn the way people draw them, request bodies a server must
 refuse, and loopback-server plumbing. Nothing here is used by training or serving."""
 
+import contextlib
 import dataclasses
 import gzip
 import io
@@ -378,6 +379,76 @@ def wait_until_up(url: str, process: Optional[subprocess.Popen] = None,
         except OSError:
             time.sleep(0.25)
     raise TimeoutError(f"{url} did not answer within {seconds} s")
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's (.ci/run installs it)
+
+# In the exported page (W/export/web/): a PNG's bytes (base64) -> its reading, decoded and
+# read as an upload is: {number, boxes, probabilities, ms} or {error, status}.
+READ_PNG_IN_PAGE = """async b64 => {
+  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+  const begun = performance.now();
+  try {
+    const { gray } = await window.flaxdigits.grayOfFile(new Blob([bytes], {type: "image/png"}));
+    const r = await window.flaxdigits.readGray(gray);
+    return {number: r.number, boxes: r.digits.map(d => d.box),
+            probabilities: r.digits.map(d => d.probability), ms: performance.now() - begun};
+  } catch (e) { return {error: e.message, status: e.status}; }
+}"""
+
+
+@contextlib.contextmanager
+def static_page(folder: pathlib.Path):
+    """`folder` served by a plain static server on 127.0.0.1 and opened in headless
+    Chromium, every request outside that host cut off: yields (page, outside URLs asked
+    for, seconds from navigation until the models were loaded)."""
+    import functools
+    import http.server
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    outside = []
+
+    def only_our_host(route):
+        if route.request.url.startswith(url + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True,
+                args=["--no-sandbox", "--disable-background-networking"])
+            try:
+                # bypass_csp: the page's own policy forbids eval, which Playwright's waits use.
+                page = browser.new_page(viewport={"width": 1400, "height": 700},
+                                        bypass_csp=True)
+                page.route("**/*", only_our_host)
+                begun = time.perf_counter()
+                page.goto(url + "/")
+                page.wait_for_function("window.flaxdigits && (window.flaxdigits.loadedMs "
+                                       "!== undefined || window.flaxdigits.error)",
+                                       timeout=60_000)
+                loaded = time.perf_counter() - begun
+                error = page.evaluate("window.flaxdigits.error")
+                if error is not None:
+                    raise RuntimeError(f"the page could not load its models: {error}")
+                yield page, outside, loaded
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
 
 
 def read_tensorboard_scalars(folder: pathlib.Path) -> dict:

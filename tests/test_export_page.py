@@ -3,11 +3,7 @@ off: it reads the same numbers, with the same boxes, as the Python reader of the
 workdir, from the pad, from uploads and from JavaScript."""
 
 import base64
-import functools
-import http.server
 import pathlib
-import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -19,11 +15,10 @@ from flaxdigits.serving import preprocess, reading
 
 from .conftest import tiny_config
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FIXTURES = pathlib.Path(__file__).with_name("fixtures") / "numbers"
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    not pathlib.Path(CHROMIUM).exists(),
+    not pathlib.Path(testing.CHROMIUM).exists(),
     reason="Debian's chromium is not installed (.ci/run installs it)")]
 
 
@@ -42,55 +37,12 @@ def workdir(tmp_path_factory, mnist_raw):
     return root / "w"
 
 
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def page(workdir):
-    """The page, served by a plain static server; yields (page, outside requests seen)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(workdir / "export" / "web")))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    outside = []
-
-    def only_our_host(route):
-        if route.request.url.startswith(url + "/"):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--no-sandbox", "--disable-background-networking"])
-            # bypass_csp: the page's own policy forbids eval, which Playwright's waits use.
-            tab = browser.new_page(viewport={"width": 1400, "height": 700}, bypass_csp=True)
-            tab.route("**/*", only_our_host)
-            tab.goto(url + "/")
-            tab.wait_for_function("window.flaxdigits && (window.flaxdigits.loadedMs !== "
-                                  "undefined || window.flaxdigits.error)", timeout=60_000)
-            assert tab.evaluate("window.flaxdigits.error") is None
-            yield tab, outside
-            browser.close()
-    finally:
-        server.shutdown()
-
-
-READ_PNG = """async b64 => {
-  const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-  try {
-    const { gray } = await window.flaxdigits.grayOfFile(new Blob([bytes], {type: "image/png"}));
-    const r = await window.flaxdigits.readGray(gray);
-    return {number: r.number, boxes: r.digits.map(d => d.box),
-            probabilities: r.digits.map(d => d.probability)};
-  } catch (e) { return {error: e.message, status: e.status}; }
-}"""
+    """The exported page in Chromium: (page, the outside requests it made)."""
+    pytest.importorskip("playwright.sync_api")
+    with testing.static_page(workdir / "export" / "web") as (tab, outside, _):
+        yield tab, outside
 
 
 def python_reading(reader, body: bytes) -> dict:
@@ -125,7 +77,7 @@ def test_the_page_reads_what_the_python_reader_reads(workdir, page, mnist_raw):
     for k, image in enumerate(images):
         body = testing.encode(np.asarray(image, np.uint8))
         ours = python_reading(reader, body)
-        theirs = tab.evaluate(READ_PNG, base64.b64encode(body).decode())
+        theirs = tab.evaluate(testing.READ_PNG_IN_PAGE, base64.b64encode(body).decode())
         if ours.get("number") != theirs.get("number") or ours.get("boxes") != theirs.get(
                 "boxes") or ours.get("error") != theirs.get("error"):
             differ.append((k, ours, theirs))
