@@ -43,11 +43,15 @@ export function pyRound(x) {
 
 function image(h, w) { return { h, w, d: new Float32Array(h * w) }; }
 
-function maxOf(d) { let m = -Infinity; for (const v of d) if (v > m) m = v; return m; }
+function maxOf(d) {
+  let m = -Infinity;
+  for (let i = 0; i < d.length; i++) if (d[i] > m) m = d[i];
+  return m;
+}
 
 // NumPy's median: the mean of the middle two of an even count.
 function median(values) {
-  const s = Float32Array.from(values).sort();
+  const s = Float32Array.from(values).sort();  // a copy: the caller's order is kept
   const n = s.length;
   return n % 2 ? s[(n - 1) / 2] : f32((s[n / 2 - 1] + s[n / 2]) / 2);
 }
@@ -282,6 +286,12 @@ function crop(img, y0, y1, x0, x1) {
   return out;
 }
 
+function nonzero(img) {  // img > 0 (ink is never negative)
+  const mask = new Uint8Array(img.d.length);
+  for (let i = 0; i < img.d.length; i++) mask[i] = img.d[i] > 0 ? 1 : 0;
+  return mask;
+}
+
 function inkedOf(img) {
   const level = f32(INK_LEVEL_32 * maxOf(img.d));
   const inked = new Uint8Array(img.d.length);
@@ -311,23 +321,26 @@ export function grayFromRGBA(rgba, h, w) {
 
 export function inkOnDark(gray) {
   const { h, w } = gray;
-  const x = { h, w, d: Float32Array.from(gray.d) };
-  const border = [];
-  for (let c = 0; c < w; c++) border.push(x.d[c]);
-  for (let c = 0; c < w; c++) border.push(x.d[(h - 1) * w + c]);
-  for (let r = 0; r < h; r++) border.push(x.d[r * w]);
-  for (let r = 0; r < h; r++) border.push(x.d[r * w + w - 1]);
+  const x = { h, w, d: Float32Array.from(gray.d) }, d = x.d;
+  const border = new Float32Array(2 * w + 2 * h);
+  for (let c = 0; c < w; c++) { border[c] = d[c]; border[w + c] = d[(h - 1) * w + c]; }
+  for (let r = 0; r < h; r++) { border[2 * w + r] = d[r * w]; border[2 * w + h + r] = d[r * w + w - 1]; }
   let paper = median(border);
   if (paper > 127) {
-    for (let i = 0; i < x.d.length; i++) x.d[i] = f32(255.0 - x.d[i]);
-    paper = median(border.map(v => f32(255.0 - v)));
+    for (let i = 0; i < d.length; i++) d[i] = f32(255.0 - d[i]);
+    for (let i = 0; i < border.length; i++) border[i] = f32(255.0 - border[i]);
+    paper = median(border);
   }
-  for (let i = 0; i < x.d.length; i++) x.d[i] = Math.max(f32(x.d[i] - paper), 0.0);
-  const top = maxOf(x.d);
+  let top = 0;
+  for (let i = 0; i < d.length; i++) {
+    const v = f32(d[i] - paper);
+    d[i] = v > 0 ? v : 0.0;
+    if (d[i] > top) top = d[i];
+  }
   if (top < 32) throw new BadInput(422, "no digit found: the image is blank");
   const level = f32(INK_LEVEL_32 * top);
   let inked = 0;
-  for (const v of x.d) if (v > level) inked++;
+  for (let i = 0; i < d.length; i++) if (d[i] > level) inked++;
   if (inked < MIN_INK_PIXELS) {
     throw new BadInput(422, `no digit found: fewer than ${MIN_INK_PIXELS} pixels of ink`);
   }
@@ -672,8 +685,7 @@ function segment(run, first, last, height) {
   const end = run[run.length - 1];
   const cutRight = Math.min(...end.right) < end.part.width;
   if (cutLeft || cutRight) {
-    const mask = canvas.d.map(v => (v > 0 ? 1 : 0));
-    const { labels, count } = label8(mask, canvas.h, canvas.w);
+    const { labels, count } = label8(nonzero(canvas), canvas.h, canvas.w);
     if (count > 1) {
       const areas = new Float64Array(count + 1);
       for (const l of labels) areas[l] += 1;
@@ -693,7 +705,7 @@ function segment(run, first, last, height) {
       if (drop.size) for (let i = 0; i < labels.length; i++) if (drop.has(labels[i])) canvas.d[i] = 0.0;
     }
   }
-  const mask = canvas.d.map(v => (v > 0 ? 1 : 0));
+  const mask = nonzero(canvas);
   let inked = 0;
   for (const v of mask) inked += v;
   if (inked < MIN_INK_PIXELS) return null;
@@ -838,7 +850,7 @@ async function frameReading(found, frames, number, classify) {
   runs.forEach(([first, last], k) => {
     const label = Number(number[k]), lo = clipped[k], hi = Math.max(clipped[k + 1], clipped[k] + 1);
     const part = crop(found.ink, 0, found.ink.h, lo, Math.min(hi, width));
-    const box = boxOf(part.d.map(v => (v !== 0 ? 1 : 0)), part.h, part.w);
+    const box = boxOf(nonzero(part), part.h, part.w);
     if (box) {
       const [cx0, cy0, cx1, cy1] = box;
       digits.push({ label, box: imageBox(found, [lo + cx0, cy0, lo + cx1, cy1]),
