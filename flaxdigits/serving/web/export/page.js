@@ -16,7 +16,20 @@ const PEN = 16;
 // (python -m http.server) does not serve.
 ort.env.wasm.numThreads = 1;
 const started = performance.now();
-const reader = loadReader(ort, ".");
+// Loaded, then read once on a number written here: the first reading compiles the models'
+// kernels and reading.js's code, several times slower than the next ones, so it is done
+// before the page says it is ready, not on the user's first stroke.
+const reader = loadReader(ort, ".").then(async r => {
+  const canvas = new OffscreenCanvas(420, 160);
+  const c = canvas.getContext("2d", { willReadFrequently: true });
+  c.fillStyle = "#fff"; c.fillRect(0, 0, 420, 160);
+  c.fillStyle = "#000"; c.font = "bold 120px sans-serif"; c.fillText("2026", 20, 130);
+  const gray = grayFromRGBA(c.getImageData(0, 0, 420, 160).data, 160, 420);
+  for (let k = 0; k < 3; k++) {
+    try { await r.read(gray); } catch (e) { /* no font here: the warm-up is skipped */ }
+  }
+  return r;
+});
 // What scripts and tests use: the reader, and the time of the last reading.
 window.flaxdigits = { reader, started, lastMs: null, readGray: async gray => (await reader).read(gray) };
 

@@ -230,34 +230,39 @@ export function edt(mask, h, w) {
   return f;
 }
 
-// np.percentile(values, 95), linear interpolation (preprocess._percentile_95).
-function percentile95(values) {
-  const s = Float64Array.from(values).sort();
-  const at = 0.95 * (s.length - 1), lo = Math.floor(at), hi = Math.ceil(at);
-  return s[lo] + (s[hi] - s[lo]) * (at - lo);
-}
-
-// The stroke width: twice the 95th percentile of the inked pixels' distance to paper.
+// The stroke width: twice the 95th percentile (np.percentile's linear interpolation,
+// preprocess._percentile_95) of the inked pixels' distance to paper.
 function strokeWidth(inked, h, w) {
   const dist = edt(inked, h, w);
-  const values = [];
-  for (let i = 0; i < h * w; i++) if (inked[i]) values.push(dist[i]);
-  return 2 * percentile95(values);
+  let n = 0;
+  for (let i = 0; i < h * w; i++) if (inked[i]) n++;
+  const values = new Float64Array(n);
+  for (let i = 0, k = 0; i < h * w; i++) if (inked[i]) values[k++] = dist[i];
+  values.sort();
+  const at = 0.95 * (n - 1), lo = Math.floor(at), hi = Math.ceil(at);
+  return 2 * (values[lo] + (values[hi] - values[lo]) * (at - lo));
 }
 
 // grey_dilation(x, footprint=...) with scipy's default 'reflect' edges.
 function greyDilation(img, footprint, reach) {
-  const { h, w } = img, out = image(h, w);
+  const { h, w } = img, d = img.d, out = image(h, w);
   const reflect = (i, n) => (i < 0 ? -i - 1 : i >= n ? 2 * n - i - 1 : i);
-  const size = 2 * reach + 1;
+  const size = 2 * reach + 1, offsets = [];
+  for (let dy = -reach; dy <= reach; dy++) {
+    for (let dx = -reach; dx <= reach; dx++) {
+      if (footprint[(dy + reach) * size + dx + reach]) offsets.push(dy, dx, dy * w + dx);
+    }
+  }
   for (let y = 0; y < h; y++) {
+    const inside = y >= reach && y < h - reach;
     for (let x = 0; x < w; x++) {
       let m = -Infinity;
-      for (let dy = -reach; dy <= reach; dy++) {
-        const yy = reflect(y + dy, h);
-        for (let dx = -reach; dx <= reach; dx++) {
-          if (!footprint[(dy + reach) * size + dx + reach]) continue;
-          const v = img.d[yy * w + reflect(x + dx, w)];
+      if (inside && x >= reach && x < w - reach) {  // no edge within reach: plain offsets
+        const i = y * w + x;
+        for (let k = 2; k < offsets.length; k += 3) if (d[i + offsets[k]] > m) m = d[i + offsets[k]];
+      } else {
+        for (let k = 0; k < offsets.length; k += 3) {
+          const v = d[reflect(y + offsets[k], h) * w + reflect(x + offsets[k + 1], w)];
           if (v > m) m = v;
         }
       }
@@ -671,13 +676,16 @@ function segment(run, first, last, height) {
   const y0 = Math.min(...run.map(s => s.part.y0)), y1 = Math.max(...run.map(s => s.part.y1));
   const x0 = Math.min(...run.map(s => s.part.x0 + s.lo)), x1 = Math.max(...run.map(s => s.part.x0 + s.hi));
   const canvas = image(y1 - y0, x1 - x0);
+  const cd = canvas.d, cw = canvas.w;
   for (const s of run) {
-    const top = s.part.y0 - y0, left = s.part.x0 + s.lo - x0, pw = s.part.width;
+    const top = s.part.y0 - y0, shift = s.part.x0 - x0, pw = s.part.width;
+    const ink = s.part.ink.d, lefts = s.left, rights = s.right;
     for (let y = 0; y < s.part.height; y++) {
-      for (let c = s.lo; c < s.hi; c++) {
-        if (c < s.left[y] || c >= s.right[y]) continue;
-        const i = (top + y) * canvas.w + left + c - s.lo;
-        canvas.d[i] = Math.max(canvas.d[i], s.part.ink.d[y * pw + c]);
+      const row = (top + y) * cw + shift, from = y * pw;
+      const end = Math.min(s.hi, rights[y]);
+      for (let c = Math.max(s.lo, lefts[y]); c < end; c++) {
+        const v = ink[from + c];
+        if (v > cd[row + c]) cd[row + c] = v;
       }
     }
   }
