@@ -58,6 +58,7 @@ def export_workdir(config, workdir, config_name: str = "") -> pathlib.Path:
     logs.show_progress()
     config_lib.validate(config)
     jax2onnx, onnxruntime = _export_libraries()
+    page_runtime = onnxruntime_web()  # before any work: npm missing is one line at once
     workdir = Workdir(workdir)
     trained = inference.load(workdir, which="best")  # a damaged newest checkpoint: fallback
     line_variables = _line_reader_variables(workdir)
@@ -89,7 +90,8 @@ def export_workdir(config, workdir, config_name: str = "") -> pathlib.Path:
                 "log_probabilities", "line_reader")
         for name, content in files.items():
             _write(partial / name, content)
-        web = _write_page(partial, [name for name in files if name.endswith(".onnx")])
+        web = _write_page(partial, [name for name in files if name.endswith(".onnx")],
+                          page_runtime)
         verified = verify_classifier(partial, trained, split.images, onnxruntime)
         verified["split"] = split_name
         if line_variables is not None:
@@ -231,7 +233,7 @@ def _replace(partial: pathlib.Path, final: pathlib.Path) -> None:
 
 # The page (flaxdigits/serving/web/export/) and the onnxruntime-web build it runs: one
 # version from npm, its tarball checked against the registry's sha512, kept in the cache.
-PAGE_FILES = ("index.html", "page.js", "reading.js")
+PAGE_FILES = ("index.html", "page.js", "reading.js", "classify-worker.js")
 PAGE_SOURCE = pathlib.Path(__file__).parent / "serving" / "web" / "export"
 ONNXRUNTIME_WEB = "1.22.0"  # its wasm build is 11 MB (1.31: 15 MB); runs ONNX opset 21
 ONNXRUNTIME_WEB_SHA512 = ("Ud/+EBo6mhuaQWt/OjaOk0iNWjXqJoeeMFr6xQEERZdIZH2OWpGzuujz7lfuOBjUa6TEE"
@@ -240,9 +242,9 @@ ONNXRUNTIME_WEB_FILES = ("ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.mjs"
                          "ort-wasm-simd-threaded.wasm")
 
 
-def _write_page(folder: pathlib.Path, models: list) -> pathlib.Path:
-    """folder/web/: the page, onnxruntime-web's files and copies of the models."""
-    runtime = onnxruntime_web()
+def _write_page(folder: pathlib.Path, models: list, runtime: pathlib.Path) -> pathlib.Path:
+    """folder/web/: the page, onnxruntime-web's files (from `runtime`) and copies of the
+    models."""
     web = folder / "web"
     try:
         web.mkdir()

@@ -40,7 +40,10 @@ def workdir(tmp_path_factory, synthetic_dir):
 def test_export_writes_the_files_and_model_json_describes_them(workdir):
     folder = workdir / "export"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "line_reader.onnx", "model.jax", "model.json", "model.onnx"]
+        "line_reader.onnx", "model.jax", "model.json", "model.onnx", "web"]
+    assert sorted(p.name for p in (folder / "web").iterdir()) == sorted(
+        [*export.PAGE_FILES, *export.ONNXRUNTIME_WEB_FILES, "model.onnx", "line_reader.onnx"])
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 20e6
     assert not [p for p in workdir.iterdir() if p.name.startswith(".export")]
     described = json.loads((folder / "model.json").read_text())
     assert described["config"] == "tiny" and described["model"]["name"] == "cnn"
@@ -135,6 +138,22 @@ def test_without_the_export_extra_it_says_what_to_install(workdir, synthetic_dir
     with pytest.raises(FlaxDigitsError, match=r"--mode=export needs jax2onnx: pip install "
                                               r"-e '.\[export\]'"):
         export.export_workdir(export_config(synthetic_dir), workdir)
+
+
+def test_without_npm_or_a_cached_runtime_it_says_what_to_do(workdir, synthetic_dir,
+                                                           tmp_path, monkeypatch):
+    copy = tmp_path / "w"
+    shutil.copytree(workdir, copy)
+    before = (copy / "export" / "model.json").read_text()
+    monkeypatch.setenv("FLAXDIGITS_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(FlaxDigitsError, match=r"the exported page needs onnxruntime-web "
+                                              r"1\.22\.0: install npm \(Node\.js\) and run the "
+                                              r"export again, or put its dist/ files .* into "
+                                              r".*empty-cache/onnxruntime-web-1\.22\.0"):
+        export.export_workdir(export_config(synthetic_dir), copy)
+    assert (copy / "export" / "model.json").read_text() == before
+    assert not [p for p in copy.iterdir() if p.name.startswith(".export")]
 
 
 def test_a_file_where_the_export_folder_goes_is_one_line(workdir, synthetic_dir, tmp_path):

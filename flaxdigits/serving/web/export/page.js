@@ -19,7 +19,27 @@ const started = performance.now();
 // Loaded, then read once on a number written here: the first reading compiles the models'
 // kernels and reading.js's code, several times slower than the next ones, so it is done
 // before the page says it is ready, not on the user's first stroke.
-const reader = loadReader(ort, ".").then(async r => {
+// One more runner of the classifier per spare core (classify-worker.js), at most 3.
+function helper() {
+  const worker = new Worker("classify-worker.js", { type: "module" });
+  const waiting = new Map();
+  let next = 0;
+  worker.onmessage = ({ data }) => {
+    const { resolve, reject } = waiting.get(data.id);
+    waiting.delete(data.id);
+    if (data.error) reject(new Error(data.error)); else resolve(data.probabilities);
+  };
+  const ask = (message, transfer = []) => new Promise((resolve, reject) => {
+    const id = next++;
+    waiting.set(id, { resolve, reject });
+    worker.postMessage({ id, ...message }, transfer);
+  });
+  const loaded = ask({ url: new URL("model.onnx", location.href).href });
+  return loaded.then(() => ({ run: (images, count) => ask({ images, count }, [images.buffer]) }));
+}
+const spare = Math.min(3, (navigator.hardwareConcurrency || 1) - 1);
+const helpers = Promise.all(Array.from({ length: spare }, helper)).catch(() => []);
+const reader = helpers.then(h => loadReader(ort, ".", h)).then(async r => {
   const canvas = new OffscreenCanvas(420, 160);
   const c = canvas.getContext("2d", { willReadFrequently: true });
   c.fillStyle = "#fff"; c.fillRect(0, 0, 420, 160);

@@ -950,7 +950,13 @@ export async function read(gray, classify, line = null, costs = COSTS, weights =
 // ---------------------------------------------------------------------------------------
 // The models, through onnxruntime-web (`ort`): the exported model.onnx and line_reader.onnx.
 
-export async function loadReader(ort, folder = ".") {
+// helpers: runners of model.onnx elsewhere (page.js's workers, each `run(images, count)` ->
+// a Promise of the probabilities, Float32Array): a batch of at least SPLIT_FROM candidates
+// is split between them and this thread's session. Each digit's probabilities are its own
+// whatever the batch (the models have no cross-batch statistics at inference).
+const SPLIT_FROM = 6;
+
+export async function loadReader(ort, folder = ".", helpers = []) {
   const options = { executionProviders: ["wasm"] };
   const model = await ort.InferenceSession.create(`${folder}/model.onnx`, options);
   let lineModel = null;
@@ -959,16 +965,28 @@ export async function loadReader(ort, folder = ".") {
   } catch (e) {
     lineModel = null;  // a model without a line reader: segmentation alone, as in Python
   }
+  async function here(data, count) {
+    const result = await model.run({ images: new ort.Tensor("float32", data, [count, IMAGE_SIDE, IMAGE_SIDE, 1]) });
+    return result.probabilities.data;
+  }
   async function classify(images) {
-    const out = [];
-    for (let start = 0; start < images.length; start += BUCKETS[BUCKETS.length - 1]) {
-      const chunk = images.slice(start, start + BUCKETS[BUCKETS.length - 1]);
-      const data = new Float32Array(chunk.length * IMAGE_SIDE * IMAGE_SIDE);
-      chunk.forEach((img, k) => data.set(img.d, k * IMAGE_SIDE * IMAGE_SIDE));
-      const result = await model.run({ images: new ort.Tensor("float32", data, [chunk.length, IMAGE_SIDE, IMAGE_SIDE, 1]) });
-      const p = result.probabilities.data;
-      for (let k = 0; k < chunk.length; k++) out.push(Array.from(p.subarray(10 * k, 10 * k + 10)));
+    const side = IMAGE_SIDE * IMAGE_SIDE, out = [];
+    const runners = images.length >= SPLIT_FROM ? [here, ...helpers.map(h => h.run)] : [here];
+    const share = Math.ceil(images.length / runners.length);
+    const parts = [];
+    for (let k = 0; k * share < images.length; k++) {
+      const chunk = images.slice(k * share, (k + 1) * share);
+      const data = new Float32Array(chunk.length * side);
+      chunk.forEach((img, i) => data.set(img.d, i * side));
+      parts.push([runners[k], data, chunk.length]);
     }
+    // The helpers' batches are sent first: they compute while this thread computes its own.
+    const results = await Promise.all(parts.slice(1).map(([run, data, n]) => run(data, n))
+      .concat([parts[0][0](parts[0][1], parts[0][2])]));
+    const ordered = [results[results.length - 1], ...results.slice(0, -1)];
+    ordered.forEach((p, k) => {
+      for (let i = 0; i < parts[k][2]; i++) out.push(Array.from(p.subarray(10 * i, 10 * i + 10)));
+    });
     return out;
   }
   async function line(strip) {
