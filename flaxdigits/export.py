@@ -186,9 +186,9 @@ def _onnx_bytes(jax2onnx, fn: Callable, inputs, input_name: str, output_name: st
 
     try:
         onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise FlaxDigitsError(f"model {what}: jax2onnx made an invalid ONNX model "
-                              f"({' '.join(str(e).split())[:300]})") from None
+    except Exception as e:  # noqa: BLE001 -- ValidationError, or shape inference's error
+        raise FlaxDigitsError(f"model {what}: jax2onnx made an ONNX model that does not pass "
+                              f"onnx.checker ({' '.join(str(e).split())[:240]})") from None
     return proto.SerializeToString()
 
 

@@ -193,3 +193,15 @@ def test_the_command_line_exports_and_prints_the_folder(workdir, synthetic_dir, 
     assert not shown, result.stderr[-3000:]  # nothing but the log: no converter chatter
     assert "Verified model.onnx on 100 digits: 0 labels differ" in result.stderr
     assert json.loads((copy / "export" / "model.json").read_text())["config"] == "tiny"
+
+
+def test_a_model_onnx_cannot_hold_is_one_line_and_no_export(tmp_path, synthetic_dir):
+    from flaxdigits.training import loop
+
+    config = tiny_config(**{"data.dir": str(synthetic_dir), "num_epochs": 1,
+                            "dtype": "bfloat16"})
+    loop.train_and_evaluate(config, tmp_path / "w")
+    with pytest.raises(FlaxDigitsError, match=r"model cnn: jax2onnx made an ONNX model that "
+                                              r"does not pass onnx.checker \(.*bfloat16"):
+        export.export_workdir(config, tmp_path / "w")
+    assert not [p for p in (tmp_path / "w").iterdir() if "export" in p.name]
