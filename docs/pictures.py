@@ -73,7 +73,8 @@ def page_picture(workdir: pathlib.Path, out: pathlib.Path, number: str = "2026")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                  args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1000, "height": 640})
+            # bypass_csp: the page's policy forbids eval, which Playwright's waits use.
+            page = browser.new_page(viewport={"width": 1000, "height": 640}, bypass_csp=True)
             page.goto(url + "/")
             write_number(page, number, left=130, top=55, height=170)
             page.wait_for_function("document.getElementById('number').dataset.number !== ''",

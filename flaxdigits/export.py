@@ -233,8 +233,10 @@ def _replace(partial: pathlib.Path, final: pathlib.Path) -> None:
 
 # The page (flaxdigits/serving/web/export/) and the onnxruntime-web build it runs: one
 # version from npm, its tarball checked against the registry's sha512, kept in the cache.
-PAGE_FILES = ("index.html", "page.js", "reading.js", "classify-worker.js")
-PAGE_SOURCE = pathlib.Path(__file__).parent / "serving" / "web" / "export"
+# The served page's index.html and pad.js, its script swapped for page.js (which reads in
+# the browser), and the files of serving/web/export/.
+PAGE_SOURCE = pathlib.Path(__file__).parent / "serving" / "web"
+PAGE_FILES = ("index.html", "pad.js", "page.js", "reading.js", "classify-worker.js")
 ONNXRUNTIME_WEB = "1.22.0"  # its wasm build is 11 MB (1.31: 15 MB); runs ONNX opset 21
 ONNXRUNTIME_WEB_SHA512 = ("Ud/+EBo6mhuaQWt/OjaOk0iNWjXqJoeeMFr6xQEERZdIZH2OWpGzuujz7lfuOBjUa6TEE"
                           "/sc4nb7Da5dNL34fg==")
@@ -248,8 +250,13 @@ def _write_page(folder: pathlib.Path, models: list, runtime: pathlib.Path) -> pa
     web = folder / "web"
     try:
         web.mkdir()
-        for name in PAGE_FILES:
-            shutil.copyfile(PAGE_SOURCE / name, web / name)
+        page = (PAGE_SOURCE / "index.html").read_text()
+        if 'src="served.js"' not in page:
+            raise FlaxDigitsError(f"{PAGE_SOURCE / 'index.html'}: no served.js script to swap")
+        (web / "index.html").write_text(page.replace('src="served.js"', 'src="page.js"'))
+        shutil.copyfile(PAGE_SOURCE / "pad.js", web / "pad.js")
+        for name in PAGE_FILES[2:]:
+            shutil.copyfile(PAGE_SOURCE / "export" / name, web / name)
         for name in ONNXRUNTIME_WEB_FILES:
             shutil.copyfile(runtime / name, web / name)
         for name in models:

@@ -83,7 +83,11 @@ def test_api_reads_png_jpeg_and_json(client, mnist_raw):
     assert np.corrcoef(np.ravel(from_alpha["input"]), digit.ravel())[0, 1] > 0.8
     assert client.get("/healthz").get_json() == {"status": "ok", "pid": os.getpid()}
     page_html = client.get("/").get_data(as_text=True)
-    assert "<canvas id=\"pad\"" in page_html and "/api/predict" in page_html
+    assert "<canvas id=\"pad\"" in page_html and 'src="served.js"' in page_html
+    script = client.get("/served.js")
+    assert script.mimetype == "text/javascript" and "/api/predict" in script.get_data(
+        as_text=True)
+    assert "startPad" in client.get("/pad.js").get_data(as_text=True)
 
 
 BAD_BODIES = testing.bad_bodies(BODY_LIMIT)
@@ -162,7 +166,8 @@ def test_writing_a_number_on_the_page_in_chromium(workdir, tmp_path):
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                  args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 700})
+            # bypass_csp: the page's policy forbids eval, which Playwright's waits use.
+            page = browser.new_page(viewport={"width": 1400, "height": 700}, bypass_csp=True)
             page.goto(url + "/")
             box = page.locator("#pad").bounding_box()
             # "11": two vertical strokes, far apart, drawn with mouse events.

@@ -37,6 +37,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # an upload larger than this is refused (413)
 WAITRESS_BODY_LIMIT = 4 * MAX_BODY_BYTES
 IMAGE_TYPES = ("image/png", "image/jpeg")
 PAGE = pathlib.Path(__file__).with_name("web") / "index.html"
+SCRIPTS = ("pad.js", "served.js")  # the page's own scripts, beside it
 
 
 # ---------------------------------------------------------------------------------------
@@ -51,10 +52,15 @@ def create_app(reader: reading.Reader, max_body_bytes: int = MAX_BODY_BYTES):
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     page = PAGE.read_text()
+    scripts = {name: PAGE.with_name(name).read_text() for name in SCRIPTS}
 
     @app.get("/")
     def index():
         return Response(page, mimetype="text/html")
+
+    @app.get("/<any(" + ", ".join(f'"{n}"' for n in SCRIPTS) + "):name>")
+    def script(name):
+        return Response(scripts[name], mimetype="text/javascript")
 
     @app.get("/healthz")
     def healthz():

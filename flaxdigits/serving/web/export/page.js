@@ -1,24 +1,14 @@
-// The exported page: the pad, uploads and the reading's display, with the number read in
-// the browser (reading.js, onnxruntime-web) instead of by flaxdigits' server. The pad
-// behaves as the served page's (flaxdigits/serving/web/index.html).
+// The exported page: the pad of the served page (pad.js), with the number read in the
+// browser (reading.js, onnxruntime-web) instead of by flaxdigits' server.
 import * as ort from "./ort.wasm.bundle.min.mjs";
-import { BadInput, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, grayFromRGBA, loadReader } from "./reading.js";
-
-const pad = document.getElementById("pad");
-const ctx = pad.getContext("2d", { willReadFrequently: true });
-const overlay = document.getElementById("boxes").getContext("2d");
-const numberLine = document.getElementById("number");
-const digitsLine = document.getElementById("digits");
-const statusLine = document.getElementById("status");
-const PEN = 16;
+import { startPad } from "./pad.js";
+import { BadInput, IMAGE_SIDE, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, grayFromRGBA, loadReader } from "./reading.js";
 
 // Single-threaded: threads need a cross-origin isolated page, which a plain static host
-// (python -m http.server) does not serve.
+// (python -m http.server) does not serve; spare cores run classify-worker.js instead.
 ort.env.wasm.numThreads = 1;
 const started = performance.now();
-// Loaded, then read once on a number written here: the first reading compiles the models'
-// kernels and reading.js's code, several times slower than the next ones, so it is done
-// before the page says it is ready, not on the user's first stroke.
+
 // One more runner of the classifier per spare core (classify-worker.js), at most 3.
 function helper() {
   const worker = new Worker("classify-worker.js", { type: "module" });
@@ -39,6 +29,9 @@ function helper() {
 }
 const spare = Math.min(3, (navigator.hardwareConcurrency || 1) - 1);
 const helpers = Promise.all(Array.from({ length: spare }, helper)).catch(() => []);
+// Loaded, then read once on a number written here: the first reading compiles the models'
+// kernels and reading.js's code, several times slower than the next ones, so it is done
+// before the page says it is ready, not on the user's first stroke.
 const reader = helpers.then(h => loadReader(ort, ".", h)).then(async r => {
   const canvas = new OffscreenCanvas(420, 160);
   const c = canvas.getContext("2d", { willReadFrequently: true });
@@ -50,129 +43,10 @@ const reader = helpers.then(h => loadReader(ort, ".", h)).then(async r => {
   }
   return r;
 });
-// What scripts and tests use: the reader, and the time of the last reading.
-window.flaxdigits = { reader, started, lastMs: null, readGray: async gray => (await reader).read(gray) };
 
-let strokes = [];
-let uploaded = null;  // {gray, image, scale, left, top}: an upload is read at its own size
-
-function repaint() {
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, pad.width, pad.height);
-  if (uploaded) ctx.drawImage(uploaded.image, uploaded.left, uploaded.top,
-                              uploaded.image.width * uploaded.scale, uploaded.image.height * uploaded.scale);
-  ctx.strokeStyle = ctx.fillStyle = "#000";
-  ctx.lineWidth = PEN; ctx.lineCap = "round"; ctx.lineJoin = "round";
-  for (const stroke of strokes) {
-    ctx.beginPath(); ctx.arc(stroke[0].x, stroke[0].y, PEN / 2, 0, 2 * Math.PI); ctx.fill();
-    ctx.beginPath(); ctx.moveTo(stroke[0].x, stroke[0].y);
-    for (const p of stroke.slice(1)) ctx.lineTo(p.x, p.y);
-    ctx.stroke();
-  }
-}
-
-function showNothing(message) {
-  overlay.clearRect(0, 0, pad.width, pad.height);
-  numberLine.textContent = "?";
-  numberLine.dataset.number = "";
-  digitsLine.textContent = "";
-  statusLine.textContent = message || "";
-}
-
-function show(result, toPad) {
-  numberLine.textContent = result.number;
-  numberLine.dataset.number = result.number;
-  digitsLine.textContent = "";
-  overlay.clearRect(0, 0, pad.width, pad.height);
-  overlay.lineWidth = 2; overlay.font = "bold 16px system-ui, sans-serif";
-  for (const d of result.digits) {
-    const [x0, y0, x1, y1] = toPad(d.box);
-    overlay.strokeStyle = overlay.fillStyle = d.probability > 0.8 ? "#1b9e4b" : "#d07a00";
-    overlay.strokeRect(x0, y0, x1 - x0, y1 - y0);
-    overlay.fillText(`${d.label} ${(100 * d.probability).toFixed(0)}%`, x0, Math.max(14, y0 - 4));
-    const span = document.createElement("span");
-    span.innerHTML = `<b>${d.label}</b> ${(100 * d.probability).toFixed(1)}%`;
-    digitsLine.append(span);
-  }
-  numberLine.dataset.boxes = JSON.stringify(result.digits.map(d => d.box));
-  statusLine.textContent = "";
-}
-
-// data-settled is "yes" once #number shows the reading of the pad as it is now.
-let busy = false, again = false, version = 0;
-function changed() { version += 1; numberLine.dataset.settled = "no"; }
-
-async function readNow() {
-  if (busy) { again = true; return; }
-  busy = true;
-  const sent = version;
-  try {
-    const r = await reader;
-    if (!strokes.length && !uploaded) { showNothing(); return; }
-    const begun = performance.now();
-    let result, toPad = box => box;
-    if (uploaded) {
-      const u = uploaded;
-      result = await r.read(u.gray);
-      toPad = ([x0, y0, x1, y1]) => [u.left + x0 * u.scale, u.top + y0 * u.scale,
-                                     u.left + x1 * u.scale, u.top + y1 * u.scale];
-    } else {
-      const pixels = ctx.getImageData(0, 0, pad.width, pad.height);
-      result = await r.read(grayFromRGBA(pixels.data, pad.height, pad.width));
-    }
-    window.flaxdigits.lastMs = performance.now() - begun;
-    show(result, toPad);
-  } catch (e) {
-    showNothing(e instanceof BadInput ? e.message : `could not read it: ${e}`);
-  } finally {
-    busy = false;
-    if (again || sent !== version) { again = false; readNow(); }
-    else numberLine.dataset.settled = "yes";
-  }
-}
-
-let timer = null;
-function readSoon() { clearTimeout(timer); timer = setTimeout(readNow, 120); }
-
-let drawing = false;
-function point(event) {
-  const box = pad.getBoundingClientRect();
-  return { x: (event.clientX - box.left) * pad.width / box.width,
-           y: (event.clientY - box.top) * pad.height / box.height };
-}
-pad.addEventListener("pointerdown", event => {
-  drawing = true;
-  pad.setPointerCapture(event.pointerId);
-  if (uploaded) { uploaded = null; }
-  strokes.push([point(event)]);
-  changed(); repaint();
-});
-pad.addEventListener("pointermove", event => {
-  if (!drawing) return;
-  strokes[strokes.length - 1].push(point(event));
-  changed(); repaint(); readSoon();
-});
-function stop() { if (drawing) { drawing = false; clearTimeout(timer); readNow(); } }
-pad.addEventListener("pointerup", stop);
-pad.addEventListener("pointercancel", stop);
-
-document.getElementById("clear").addEventListener("click", () => {
-  strokes = []; uploaded = null; changed(); repaint(); readNow();
-});
-document.getElementById("undo").addEventListener("click", () => {
-  if (strokes.length) strokes.pop(); else uploaded = null;
-  changed(); repaint(); readNow();
-});
-
-// An image file -> its grayscale pixels, as the server decodes them (PNG or JPEG, EXIF
+// An image -> its grayscale pixels as the server decodes them (PNG or JPEG, EXIF
 // orientation applied by the browser), or a BadInput saying why not.
-export async function grayOfFile(file) {
-  let bitmap;
-  try {
-    bitmap = await createImageBitmap(file);
-  } catch (e) {
-    throw new BadInput(400, `not a readable PNG or JPEG image (${file.name || "upload"})`);
-  }
+function grayOfBitmap(bitmap) {
   const { width, height } = bitmap;
   if (Math.min(width, height) < MIN_IMAGE_SIDE) {
     throw new BadInput(422, `no digit found: a ${width}x${height} image is too small to hold one`);
@@ -183,36 +57,50 @@ export async function grayOfFile(file) {
   const canvas = new OffscreenCanvas(width, height);
   const c = canvas.getContext("2d", { willReadFrequently: true });
   c.drawImage(bitmap, 0, 0);
-  return { gray: grayFromRGBA(c.getImageData(0, 0, width, height).data, height, width), bitmap };
+  return grayFromRGBA(c.getImageData(0, 0, width, height).data, height, width);
 }
-window.flaxdigits.grayOfFile = grayOfFile;
 
-document.getElementById("upload").addEventListener("change", async event => {
-  const file = event.target.files[0];
-  event.target.value = "";
-  if (!file) return;
-  changed();
+async function grayOfFile(file) {
+  let bitmap;
   try {
-    const { gray, bitmap } = await grayOfFile(file);
-    const scale = Math.min(pad.width / bitmap.width, pad.height / bitmap.height);
-    uploaded = { gray, image: bitmap, scale, left: (pad.width - bitmap.width * scale) / 2,
-                 top: (pad.height - bitmap.height * scale) / 2 };
-    strokes = [];
-    repaint();
-    readNow();
+    bitmap = await createImageBitmap(file);
   } catch (e) {
-    uploaded = null; repaint();
-    showNothing(e.message);
-    numberLine.dataset.settled = "yes";
+    throw new BadInput(400, "not a readable PNG or JPEG image");
   }
-});
+  return { gray: grayOfBitmap(bitmap), bitmap };
+}
 
-repaint();
-reader.then(() => {
-  window.flaxdigits.loadedMs = performance.now() - started;
-  statusLine.textContent = "";
-  numberLine.dataset.settled = "yes";
-}, e => {
-  window.flaxdigits.error = String(e);
-  statusLine.textContent = `the model could not be loaded: ${e}`;
+// A reading as the API answers it: the most confident digit's 28x28 input, 0..255.
+function answer(result) {
+  const top = result.digits.reduce((a, b) => (b.probability > a.probability ? b : a));
+  const input = [];
+  for (let r = 0; r < IMAGE_SIDE; r++) {
+    input.push(Array.from(top.image.d.subarray(r * IMAGE_SIDE, (r + 1) * IMAGE_SIDE), v => Math.round(v * 255)));
+  }
+  return { ...result, input };
+}
+
+async function timed(read) {
+  const begun = performance.now();
+  const result = answer(await read());
+  window.flaxdigits.lastMs = performance.now() - begun;
+  return result;
+}
+
+// What scripts, tests and benchmarks use.
+window.flaxdigits = { reader, started, lastMs: null, grayOfFile,
+                      readGray: async gray => (await reader).read(gray) };
+reader.then(() => { window.flaxdigits.loadedMs = performance.now() - started; },
+            e => { window.flaxdigits.error = String(e); });
+
+startPad({
+  ready: reader,
+  readPad: pad => timed(async () => {
+    const pixels = pad.getContext("2d").getImageData(0, 0, pad.width, pad.height);
+    return (await reader).read(grayFromRGBA(pixels.data, pad.height, pad.width));
+  }),
+  readUpload: ({ image }) => timed(async () => {
+    if (!image) throw new BadInput(400, "not a readable PNG or JPEG image");
+    return (await reader).read(grayOfBitmap(image));
+  }),
 });
