@@ -164,6 +164,23 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid, all-black 8-bit grayscale PNG of width x height pixels, a few hundred KB
+    however large (a decompression bomb for whatever decodes it whole)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+
+    packer, row = zlib.compressobj(9), bytes(width + 1)  # filter byte 0, then the pixels
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+            + chunk(b"IEND", b""))
+
+
 def bad_bodies(body_limit: int) -> list[tuple[str, bytes, str, int]]:
     """(name, body, Content-Type, the 4xx status it must get) for every kind of request the
     API refuses; `body_limit` is the server's body limit in bytes."""

@@ -191,6 +191,12 @@ def test_writing_a_number_on_the_page_in_chromium(workdir, tmp_path):
             scan.write_bytes(testing.encode(testing.many_marks_page(2)))
             page.set_input_files("#upload", str(scan))
             uploaded = number_shown(page, "")
+            bomb = tmp_path / "bomb.png"  # not decoded by the page; the server says why
+            bomb.write_bytes(testing.png_bomb(10_000, 10_000))
+            page.set_input_files("#upload", str(bomb))
+            page.wait_for_function("document.getElementById('status').textContent.includes("
+                                   "'image is 10000x10000 pixels')", timeout=10_000)
+            bombed = page.locator("#number").inner_text()
             browser.close()
     finally:
         server.close()
@@ -199,6 +205,7 @@ def test_writing_a_number_on_the_page_in_chromium(workdir, tmp_path):
     assert overlay > 100  # the boxes around the digits are drawn
     assert undone == "1" and cleared == "?"
     assert uploaded == "11", uploaded  # two bars read as ones
+    assert bombed == "?"
     assert screenshot.stat().st_size > 10_000
 
 

@@ -119,6 +119,14 @@ def test_writing_on_the_pad_and_uploading_a_scan(page, tmp_path):
     tab.set_input_files("#upload", str(scan))
     assert number_shown(tab, "1") == "11"
 
+    bomb = tmp_path / "bomb.png"  # 100 million pixels in a small file: refused unread
+    bomb.write_bytes(testing.png_bomb(10_000, 10_000))
+    tab.set_input_files("#upload", str(bomb))
+    tab.wait_for_function("document.getElementById('status').textContent.includes("
+                          "'image is 10000x10000 pixels; at most 16,777,216 pixels are "
+                          "accepted')", timeout=20_000)
+    assert tab.locator("#number").inner_text() == "?"
+
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
     tab.set_input_files("#upload", str(junk))

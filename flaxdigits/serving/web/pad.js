@@ -4,12 +4,37 @@
 // the number in #number, a box and probability per digit, the 28x28 digit the model saw.
 //
 // reader: { ready: Promise, readPad(pad) -> Promise<result>, readUpload(upload) ->
-// Promise<result> } where upload is {file, image} (image: an ImageBitmap, or null where the
-// browser cannot decode the file) and result is {number, digits: [{label, probability,
+// Promise<result> } where upload is {file, image, size} (image: an ImageBitmap, or null
+// where the browser cannot decode the file or its header says it is larger than
+// MAX_IMAGE_PIXELS, then given in size: {width, height}) and result is {number, digits: [{label, probability,
 // box}], input: 28 rows of 28 values 0..255}. A reading that fails throws an Error whose
 // message is shown.
 
 const PEN = 16;
+const MAX_IMAGE_PIXELS = 4096 * 4096;  // as the server's (serving/preprocess.py)
+
+// Width and height from a PNG's or a JPEG's header, or null: read before anything decodes
+// the file, since a small file can hold a huge image (a decompression bomb).
+export async function headerSize(file) {
+  const b = new Uint8Array(await file.slice(0, 256 * 1024).arrayBuffer());
+  const word = (i, n) => { let v = 0; for (let k = 0; k < n; k++) v = v * 256 + b[i + k]; return v; };
+  if (b.length >= 24 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) {
+    return { width: word(16, 4), height: word(20, 4) };
+  }
+  if (b.length >= 4 && b[0] === 0xff && b[1] === 0xd8) {
+    for (let i = 2; i + 9 < b.length;) {
+      if (b[i] !== 0xff) { i++; continue; }
+      const marker = b[i + 1];
+      if (marker === 0xff) { i++; continue; }
+      if (marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker)) {
+        return { width: word(i + 7, 2), height: word(i + 5, 2) };
+      }
+      if (marker === 0xd8 || (marker >= 0xd0 && marker <= 0xd7) || marker === 0x01) { i += 2; continue; }
+      i += 2 + word(i + 2, 2);
+    }
+  }
+  return null;
+}
 
 export function startPad(reader) {
   const pad = document.getElementById("pad");
@@ -141,11 +166,15 @@ export function startPad(reader) {
     event.target.value = "";
     if (!file) return;
     changed();
-    let image = null;
-    try { image = await createImageBitmap(file); } catch (e) { image = null; }
+    let image = null, size = null;
+    try { size = await headerSize(file); } catch (e) { size = null; }
+    const tooLarge = size !== null && size.width * size.height > MAX_IMAGE_PIXELS;
+    if (!tooLarge) {  // a bomb is not decoded here: the reader refuses it by its size
+      try { image = await createImageBitmap(file); } catch (e) { image = null; }
+    }
     // Shown on the pad, scaled to fit; the file itself is read, at its own resolution.
     const scale = image ? Math.min(pad.width / image.width, pad.height / image.height) : 1;
-    uploaded = { file, image, scale, left: image ? (pad.width - image.width * scale) / 2 : 0,
+    uploaded = { file, image, size: tooLarge ? size : null, scale, left: image ? (pad.width - image.width * scale) / 2 : 0,
                  top: image ? (pad.height - image.height * scale) / 2 : 0 };
     strokes = [];
     repaint();

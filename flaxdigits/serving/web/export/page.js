@@ -99,7 +99,11 @@ startPad({
     const pixels = pad.getContext("2d").getImageData(0, 0, pad.width, pad.height);
     return (await reader).read(grayFromRGBA(pixels.data, pad.height, pad.width));
   }),
-  readUpload: ({ image }) => timed(async () => {
+  readUpload: ({ image, size }) => timed(async () => {
+    if (size) {
+      throw new BadInput(413, `image is ${size.width}x${size.height} pixels; at most ` +
+                              `${MAX_IMAGE_PIXELS.toLocaleString("en")} pixels are accepted`);
+    }
     if (!image) throw new BadInput(400, "not a readable PNG or JPEG image");
     return (await reader).read(grayOfBitmap(image));
   }),
