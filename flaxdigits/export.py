@@ -58,9 +58,9 @@ def export_workdir(config, workdir, config_name: str = "") -> pathlib.Path:
     logs.show_progress()
     config_lib.validate(config)
     jax2onnx, onnxruntime = _export_libraries()
-    page_runtime = onnxruntime_web()  # before any work: npm missing is one line at once
     workdir = Workdir(workdir)
     trained = inference.load(workdir, which="best")  # a damaged newest checkpoint: fallback
+    page_runtime = onnxruntime_web()  # before the conversion: npm missing is one line at once
     line_variables = _line_reader_variables(workdir)
     # Only the held-out digits are needed: no extra training pieces (read_pieces and
     # cut_pieces add the reader's cuts to the training split only, and take a minute).

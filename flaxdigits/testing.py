@@ -343,6 +343,9 @@ HOSTILE_PROGRAM_CASES = [
     HostileCase("JAX_PLATFORMS=nonsense", lambda d: ["--config=tiny", "--workdir=w"],
                 "$JAX_PLATFORMS='nonsense': Unable to initialize backend ",
                 {"JAX_PLATFORMS": "nonsense"}),
+    HostileCase("export of a workdir with no model", lambda d: [
+        "--config=tiny", f"--workdir={d / 'untrained'}", "--mode=export"],
+        "untrained: no trained model here (no config.json); train one first with --mode=train"),
     HostileCase("FLAXDIGITS_DEVICES_PER_CORE=x", lambda d: ["--config=tiny", "--workdir=w"],
                 "$FLAXDIGITS_DEVICES_PER_CORE='x': want a whole number from 1 to 64",
                 {"FLAXDIGITS_DEVICES_PER_CORE": "x"}),
