@@ -42,7 +42,10 @@ def test_the_installed_wheel_trains_the_tiny_config_by_name_outside_any_checkout
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"flaxdigits/configs/{name}.py" for name in
             ("base", "tiny", "fast", "deep", "accurate", "page")} <= names
-    assert "flaxdigits/serving/web/index.html" in names
+    # The served page and what the exported page is made of.
+    assert {f"flaxdigits/serving/web/{name}" for name in (
+        "index.html", "pad.js", "served.js", "export/page.js", "export/reading.js",
+        "export/classify-worker.js")} <= names
     # Installed into a folder of its own, as a venv's site-packages holds it; its
     # dependencies are this environment's.
     site = tmp_path / "site"
