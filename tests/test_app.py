@@ -1,12 +1,15 @@
 """flaxdigits/serving/app.py: the JSON API (Flask's test client), a real model behind it,
 the page in Chromium, and launch.py --mode=serve."""
 
+import collections
+import http.client
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -226,6 +229,17 @@ def test_launch_serves_a_workdir_and_refuses_a_missing_one(workdir, tmp_path, la
         assert health["status"] == "ok" and health["model"] == "cnn"
         pids = serving_pids(f"http://127.0.0.1:{port}", 2)
         assert process.pid in pids and len(pids) == 2  # both processes answer on the port
+        # Kept-alive connections are shared out evenly (ConnectionShares), not as the kernel
+        # happens to hand them over.
+        time.sleep(0.5)  # serving_pids' connections closed
+        held = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(8)]
+        by_process = collections.Counter()
+        for connection in held:
+            connection.request("GET", "/healthz")
+            by_process[json.loads(connection.getresponse().read())["pid"]] += 1
+        for connection in held:
+            connection.close()
+        assert sorted(by_process.values()) == [4, 4], by_process
     finally:
         process.terminate()
         try:
@@ -435,3 +449,47 @@ def test_a_serving_process_that_exits_is_reported_once(caplog):
     finally:
         app_lib._stop_workers([alive_one])
     assert alive_one.poll() is not None  # stopped, not left behind
+
+
+def test_connection_shares_go_to_the_process_holding_fewest(tmp_path):
+    """Each serving process takes new connections only while it holds no more than any
+    other that looked lately; one silent for SHARE_STALE (stopped, hung) is left out."""
+    with open(tmp_path / "shares", "w+b") as file:
+        first = app_lib.ConnectionShares.create(file.fileno(), 3)
+        second = app_lib.ConnectionShares(file.fileno(), 1)
+        assert first.may_accept(5, now=100.0)  # no other has looked yet
+        assert second.may_accept(2, now=100.0)
+        assert not first.may_accept(5, now=100.1) and first.declined
+        assert second.may_accept(4, now=100.2)
+        assert first.may_accept(4, now=100.3) and not first.declined  # a tie: both take
+        assert not second.may_accept(5, now=100.4)
+        # The first falls silent: the second takes every new connection again.
+        assert second.may_accept(9, now=100.3 + app_lib.SHARE_STALE + 0.01)
+
+
+def test_a_queue_of_requests_is_not_a_warning_per_request():
+    import logging
+
+    app_lib.server_settings(1)
+    assert logging.getLogger("waitress.queue").getEffectiveLevel() > logging.WARNING
+
+
+def test_a_process_holding_more_connections_stops_polling_its_listening_socket(tmp_path):
+    import time
+
+    import waitress.server
+
+    server = waitress.server.create_server(lambda environ, start: [], host="127.0.0.1",
+                                           port=0, **app_lib.server_settings(1))
+    try:
+        with open(tmp_path / "shares", "w+b") as file:
+            shares = app_lib.ConnectionShares.create(file.fileno(), 2)
+            other = app_lib.ConnectionShares(file.fileno(), 1)
+            shares.attach(server)
+            held = len(server._map)  # what this process holds, as attach counts it
+            other.may_accept(held - 1, now=time.monotonic())
+            assert not server.readable() and shares.declined
+            other.may_accept(held, now=time.monotonic())
+            assert server.readable() and not shares.declined
+    finally:
+        server.close()

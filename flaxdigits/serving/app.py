@@ -18,10 +18,14 @@ Bad input gets a 4xx with {"error": "..."}; the server keeps serving.
 
 import gc
 import logging
+import mmap
 import os
 import pathlib
+import struct
+import tempfile
 import threading
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -136,6 +140,10 @@ GUARD_INTERVAL = 0.25  # seconds between the guard's sweeps (and the longest pol
 
 
 def server_settings(threads: int) -> dict:
+    """waitress.create_server's keyword arguments. (Also quiets waitress's "Task queue depth
+    is N" warning: with one worker thread and several clients a queue is the normal state,
+    and it was a log line per request.)"""
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     return dict(threads=threads, max_request_body_size=WAITRESS_BODY_LIMIT,
                 connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT,
                 cleanup_interval=CLEANUP_INTERVAL, ident="flaxdigits",
@@ -189,7 +197,13 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
         server = waitress.create_server(app, host=host, port=port, **server_settings(threads))
     except OSError as e:
         raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    others = [_start_worker(workdir, server.socket, threads) for _ in range(workers - 1)]
+    shares, shares_file = None, None
+    if workers > 1:
+        shares_file = tempfile.TemporaryFile()  # unlinked: gone with the last process
+        shares = ConnectionShares.create(shares_file.fileno(), workers)
+        shares.attach(server)
+    others = [_start_worker(workdir, server.socket, threads, shares_file, slot)
+              for slot in range(1, workers)]
     # Everything loaded so far (JAX, flax, the model) lives as long as the server: keep it
     # out of the garbage collector's full passes, which otherwise stall every request in
     # flight for ~100 ms now and then (measured by benchmarks/serve.py).
@@ -199,26 +213,28 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
              "1 process" if workers == 1 else f"{workers} processes: the others join as "
              f"each loads")
     try:
-        run_until_stopped(server, watch=lambda: _report_exited(others))
+        run_until_stopped(server, watch=lambda: _report_exited(others), shares=shares)
     finally:
         server.task_dispatcher.shutdown()
         server.close()
         _stop_workers(others)
+        if shares_file is not None:
+            shares_file.close()
     log.info("Stopped")
 
 
-def _start_worker(workdir, listening, threads: int):
+def _start_worker(workdir, listening, threads: int, shares_file, slot: int):
     """Another serving process on the `listening` socket (`python -m
     flaxdigits.serving.app`), in its own session: a Ctrl-C at the terminal reaches this
-    process, which stops it."""
+    process, which stops it. It counts its connections in `slot` of `shares_file`."""
     import subprocess
     import sys
 
-    fd = listening.fileno()
+    fd, shares_fd = listening.fileno(), shares_file.fileno()
     return subprocess.Popen(
         [sys.executable, "-m", "flaxdigits.serving.app", str(pathlib.Path(workdir).resolve()),
-         str(fd), str(threads), str(os.getpid())],
-        pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+         str(fd), str(threads), str(os.getpid()), str(shares_fd), str(slot)],
+        pass_fds=(fd, shares_fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         start_new_session=True)
 
 
@@ -245,9 +261,11 @@ def _stop_workers(workers: list) -> None:
             worker.wait()
 
 
-def _worker_main(workdir: str, fd: str, threads: str, parent: str) -> None:
+def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: str,
+                 slot: str) -> None:
     """A serving process that `serve` started: serves on the inherited socket `fd` until
-    SIGTERM, or until its parent is gone."""
+    SIGTERM, or until its parent is gone, counting its connections in `slot` of the
+    inherited file `shares_fd` (ConnectionShares)."""
     import signal
     import socket
 
@@ -263,6 +281,8 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str) -> None:
     app = create_app(reader)
     listening = socket.socket(fileno=int(fd))
     server = waitress.create_server(app, sockets=[listening], **server_settings(int(threads)))
+    shares = ConnectionShares(int(shares_fd), int(slot))
+    shares.attach(server)
     gc.collect()
     gc.freeze()
 
@@ -270,22 +290,71 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str) -> None:
         if os.getppid() != int(parent):  # killed (-9): serve no longer, unsupervised
             os._exit(0)
 
-    run_until_stopped(server, stop_on_signal=False, watch=parent_gone)
+    run_until_stopped(server, stop_on_signal=False, watch=parent_gone, shares=shares)
 
 
-def run_until_stopped(server, stop_on_signal: bool = True, watch=None) -> None:
+# Serving processes share one listening socket, and a kept-alive connection stays with the
+# process that accepted it. Left to the kernel, 16 clients' connections fell 12 to 4 between
+# two processes, and the 12 waited three times as long as the 4 (benchmarks/serve.py). So each
+# process writes how many connections it holds into a small file they all map, and takes new
+# ones only while it holds no more than any other (ConnectionShares).
+SHARE_STALE = 1.0  # seconds: a process silent this long (stopped, hung) is left out
+DECLINED_POLL = 0.02  # seconds: how soon a process that declined looks again
+
+
+class ConnectionShares:
+    """Slot k of a file that every serving process maps: (connections, time.monotonic() of
+    its last look) of process k. Its `readable` wraps the waitress server's: the listening
+    socket is polled only while this process holds no more connections than any other that
+    looked within SHARE_STALE (ties take turns by whoever polls first)."""
+
+    SLOT = struct.Struct("qd")
+
+    def __init__(self, fd: int, slot: int):
+        self.shared = mmap.mmap(fd, 0)
+        self.slot = slot
+        self.declined = False
+
+    @classmethod
+    def create(cls, fd: int, slots: int) -> "ConnectionShares":
+        os.ftruncate(fd, cls.SLOT.size * slots)  # zeros: no process has looked yet
+        return cls(fd, 0)
+
+    def attach(self, server) -> None:
+        if not hasattr(server, "socket"):  # several listening sockets (a host of several
+            return  # addresses): no balancing
+        accepts = server.readable
+        server.readable = lambda: accepts() and self.may_accept(len(server._map))
+
+    def may_accept(self, connections: int, now: Optional[float] = None) -> bool:
+        now = time.monotonic() if now is None else now
+        self.SLOT.pack_into(self.shared, self.slot * self.SLOT.size, connections, now)
+        fewest = None
+        for k in range(len(self.shared) // self.SLOT.size):
+            if k != self.slot:
+                held, seen = self.SLOT.unpack_from(self.shared, k * self.SLOT.size)
+                if now - seen < SHARE_STALE and (fewest is None or held < fewest):
+                    fewest = held
+        self.declined = fewest is not None and connections > fewest
+        return not self.declined
+
+
+def run_until_stopped(server, stop_on_signal: bool = True, watch=None,
+                      shares: Optional[ConnectionShares] = None) -> None:
     """waitress's main loop (what `server.run()` does), one poll of at most GUARD_INTERVAL at
     a time, with guard_connections between polls, until a stop signal. A signal handler's
     exception ends it at once; but Python drops one raised while a finalizer runs (a socket
     closed by the garbage collector), and the handler notes the signal for that case
     (launch.py), which is checked between polls. `watch`, where given, is called with each
-    guard."""
+    guard. With `shares`, a process that declined new connections polls again within
+    DECLINED_POLL (another's count may have caught up with its own)."""
     from flaxdigits import runtime
 
     next_guard = 0.0
     while server._map and not (stop_on_signal and runtime.noted_signal() is not None):
+        timeout = DECLINED_POLL if shares is not None and shares.declined else GUARD_INTERVAL
         try:
-            server.asyncore.loop(timeout=GUARD_INTERVAL, map=server._map,
+            server.asyncore.loop(timeout=timeout, map=server._map,
                                  use_poll=server.adj.asyncore_use_poll, count=1)
         except OSError:
             if server.accepting:

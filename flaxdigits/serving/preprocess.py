@@ -129,12 +129,17 @@ def ink_on_dark(gray: np.ndarray) -> np.ndarray:
     x = np.asarray(gray, dtype=np.float32)
     border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
     if np.median(border) > 127:  # paper is light: dark ink on it
-        x = 255.0 - x
+        x = np.subtract(np.float32(255.0), x)
         border = 255.0 - border
-    x = np.clip(x - np.median(border), 0.0, None)  # the paper's own level is not ink
-    if x.max() < 32:
+    else:
+        x = x.copy()
+    # (In place, one new array in all: this runs on the whole page.)
+    x -= np.float32(np.median(border))  # the paper's own level is not ink
+    np.maximum(x, np.float32(0.0), out=x)
+    top = x.max()
+    if top < 32:
         raise BadInput(422, "no digit found: the image is blank")
-    if np.count_nonzero(x > INK_LEVEL * x.max()) < MIN_INK_PIXELS:
+    if np.count_nonzero(x > INK_LEVEL * top) < MIN_INK_PIXELS:
         raise BadInput(422, f"no digit found: fewer than {MIN_INK_PIXELS} pixels of ink")
     return x
 
