@@ -64,8 +64,23 @@ def parity_images(mnist_raw) -> list:
     images += [c["image"] for c in cases]
     rng = np.random.default_rng(4)
     images += [testing.redraw_anywhere(mnist_raw.test_images[i], rng) for i in range(6)]
+    images += lone_cut_digits(mnist_raw, 4)
     images += [testing.specks_page(), testing.ruled_line_page(), np.full((60, 90), 255.0)]
     return images
+
+
+def lone_cut_digits(mnist_raw, count: int) -> list:
+    """Digits drawn as on the pad whose one mark is wide enough to be cut: the reading's
+    `_sure_lone_digit` decides whether their cuts are tried."""
+    rng, found = np.random.default_rng(5), []
+    for digit in mnist_raw.test_images[:2000]:
+        image = testing.redraw_anywhere(digit, rng)
+        marks = reading._marks(np.asarray(image, np.float32))
+        if len(marks.parts) == 1 and len(marks.slices) > 1:
+            found.append(image)
+            if len(found) == count:
+                break
+    return found
 
 
 def test_the_page_reads_what_the_python_reader_reads(workdir, page, mnist_raw):

@@ -220,3 +220,49 @@ def test_a_run_trains_its_line_reader_once_and_the_reader_uses_it(tmp_path, synt
     assert reader.read(two_bars()).number.isdigit()
     shutil.rmtree(tmp_path / "w" / "line_reader")
     assert reading.Reader.from_workdir(tmp_path / "w").line is None
+
+
+def wide_blob():
+    """One mark as wide as a digit may be (1.2 times its height): it is cut into slices."""
+    page = np.full((140, 400), 255, np.uint8)
+    page[30:110, 150:246] = 0
+    return page
+
+
+def counting(classify, calls):
+    def counted(images_nhw):
+        calls.append(len(images_nhw))
+        return classify(images_nhw)
+    return counted
+
+
+def test_a_lone_mark_both_readers_are_sure_is_one_digit_its_cuts_untried():
+    calls = []
+    result = reading.read(wide_blob(), counting(sure_of_anything(), calls), line=line_says("1"))
+    assert calls == [1]  # the mark read whole, once: no candidate cut from it
+    (digit,) = result.digits
+    assert result.number == "1" and digit.box == (150, 30, 246, 110)
+    assert digit.probability == pytest.approx(0.991)
+    # The same reading as trying every cut gives.
+    assert reading.read(wide_blob(), sure_of_anything()).number == "1"
+
+
+@pytest.mark.parametrize("line,sure", [("7", 0.991), ("11", 0.991), ("1", 0.6)],
+                         ids=["line reads another digit", "line reads two",
+                              "classifier unsure"])
+def test_a_lone_mark_either_reader_doubts_has_every_cut_tried(line, sure):
+    calls = []
+    reading.read(wide_blob(), counting(sure_of_anything(sure), calls), line=line_says(line))
+    assert calls[0] == 1 and len(calls) == 2 and calls[1] > 2  # then every candidate
+    assert reading.LONE_SURE > 0.6
+
+
+def test_the_lone_mark_rule_needs_one_mark_and_a_line_reader():
+    calls = []
+    reading.read(wide_blob(), counting(sure_of_anything(), calls))  # no line reader
+    assert len(calls) == 1 and calls[0] > 2
+    calls.clear()
+    page = wide_blob()
+    page[30:110, 300:308] = 0  # and a second mark beside it
+    reading.read(page, counting(sure_of_anything(), calls), line=line_says("1"))
+    assert len(calls) == 1 and calls[0] > 2

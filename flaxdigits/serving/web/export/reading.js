@@ -886,7 +886,7 @@ async function frameReading(found, frames, number, classify) {
 // ---------------------------------------------------------------------------------------
 // The whole reading
 
-export function unclassifiedCandidates(gray) {
+function marks(gray) {
   let ink = inkOnDark(gray), scale, more;
   [ink, scale] = shrunk(ink, WORK_SIDE / Math.max(ink.h, ink.w));
   [ink, more] = shrunk(ink, LINE_HEIGHT / tallestMark(ink));
@@ -897,8 +897,6 @@ export function unclassifiedCandidates(gray) {
   if (all.length > 4 * MAX_DIGITS) {
     throw new BadInput(422, `too many marks to be one number: at most ${MAX_DIGITS} digits are read`);
   }
-  const segs = segments(all, height);
-  if (!segs.length) throw new BadInput(422, "no digits found: the marks are too faint or too small");
   const canvas = image(ink.h, ink.w);
   for (const p of found) {
     for (let y = 0; y < p.height; y++) {
@@ -908,20 +906,48 @@ export function unclassifiedCandidates(gray) {
       }
     }
   }
-  return { segments: segs, probabilities: null, slices: all.length, height, scale, ink: canvas };
+  return { parts: found, slices: all, height, scale, ink: canvas };
+}
+
+function candidatesOf(m) {
+  const segs = segments(m.slices, m.height);
+  if (!segs.length) throw new BadInput(422, "no digits found: the marks are too faint or too small");
+  return { segments: segs, probabilities: null, slices: m.slices.length, height: m.height, scale: m.scale, ink: m.ink };
+}
+
+export function unclassifiedCandidates(gray) {
+  return candidatesOf(marks(gray));
+}
+
+// Python's reading.LONE_SURE: a lone cut mark that both readers read as the same one digit.
+const LONE_SURE = 0.7;
+
+async function sureLoneDigit(m, frames, classify) {
+  if (frames === null || m.parts.length !== 1 || m.slices.length < 2 ||
+      m.parts[0].width > MAX_DIGIT_WIDTH * m.height) return null;
+  const whole = segment(m.slices, 0, m.slices.length, m.height);
+  if (whole === null) return null;
+  const probabilities = await classify([whole.image]);
+  const label = argmax(probabilities[0]);
+  if (probabilities[0][label] < f32(LONE_SURE) || ctcGreedy(frames.logProbs.map(argmax)) !== String(label)) return null;
+  const found = { segments: [whole], probabilities, slices: m.slices.length, height: m.height, scale: m.scale, ink: m.ink };
+  return readingOf(found, [0]);
 }
 
 // classify: async (list of 28x28 images) -> list of 10 probabilities each.
 // line: async (strip) -> frames (arrays of 11 log-probabilities), or null where too wide.
 export async function read(gray, classify, line = null, costs = COSTS, weights = LINE_WEIGHTS) {
-  const found = unclassifiedCandidates(gray);
-  found.probabilities = await classify(found.segments.map(s => s.image));
+  const m = marks(gray);
   let frames = null;
   if (line !== null) {
-    const [x0, y0, , y1] = boxOf(inkedOf(found.ink), found.ink.h, found.ink.w);
-    const logProbs = await line(lineStrip(found.ink));
+    const [x0, y0, , y1] = boxOf(inkedOf(m.ink), m.ink.h, m.ink.w);
+    const logProbs = await line(lineStrip(m.ink));
     if (logProbs !== null) frames = { logProbs, x0, factor: LINE_INK / (y1 - y0) };
   }
+  const sure = await sureLoneDigit(m, frames, classify);
+  if (sure !== null) return sure;
+  const found = candidatesOf(m);
+  found.probabilities = await classify(found.segments.map(s => s.image));
   const [path, cost] = bestPartition(found, costs);
   const segmented = readingOf(found, path);
   if (frames === null) return segmented;
