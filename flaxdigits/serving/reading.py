@@ -191,21 +191,24 @@ def _candidates_of(marks: Marks) -> Candidates:
     return Candidates(segments, None, len(marks.slices), marks.height, marks.scale, marks.ink)
 
 
-# A lone mark as wide as a digit may be (up to MAX_DIGIT_WIDTH) is cut into 3-6 slices, and
-# each run of them is prepared and classified: 10-21 candidates, 10-16 ms, a twentieth of
-# the single digits drawn as on the pad. Where the mark read whole is a digit the classifier
-# is this sure of, and the line reader reads that same one digit, it is that digit, cuts
-# untried. On validation (4,500 single digits drawn, brushed and penned, 540 numbers), at
-# 0.5 to 0.8 alike, it fired on 344 to 313 digits and changed no reading (2026-12-06).
-LONE_SURE = 0.7
+# A lone mark wide enough to be cut (UNCUT_WIDTH) is cut into 3-7 slices, and each run of
+# them no wider than a digit is prepared and classified: 10-21 candidates, 10-16 ms, a twentieth
+# of the single digits drawn as on the pad. Where the mark read whole is a digit the
+# classifier is this sure of, and the line reader reads that same one digit, it is that digit,
+# its cuts untried. Chosen on validation (`benchmarks/reading.py --split=validation`'s numbers,
+# 30 per kind and length, and 4,500 single digits drawn, brushed and penned; configs/page.py's
+# models, 2026-12-06): at 0.4-0.8 it changed no reading of a mark up to MAX_DIGIT_WIDTH wide
+# (fired on 313-353 of them); of marks wider than that (wider than any candidate, read by the
+# line reader's frames or misread as two digits) it read 9 more right and 1 still wrong at
+# 0.5, 7 more right at 0.7. No touching pair fired: the line reader reads two digits there.
+LONE_SURE = 0.5
 
 
 def _sure_lone_digit(marks: Marks, frames: Optional["LineFrames"],
                      classify: Classify) -> Optional[Reading]:
-    """The reading of a lone cut mark as one digit, where both readers are sure of it
-    (LONE_SURE); else None (every candidate is read)."""
-    if frames is None or len(marks.parts) != 1 or len(marks.slices) < 2 \
-            or marks.parts[0].width > MAX_DIGIT_WIDTH * marks.height:
+    """The reading of a lone cut mark as one digit, read whole, where both readers are sure
+    of it (LONE_SURE); else None (every candidate is read)."""
+    if frames is None or len(marks.parts) != 1 or len(marks.slices) < 2:
         return None
     whole = _segment(marks.slices, 0, len(marks.slices), marks.height)
     if whole is None:

@@ -920,11 +920,10 @@ export function unclassifiedCandidates(gray) {
 }
 
 // Python's reading.LONE_SURE: a lone cut mark that both readers read as the same one digit.
-const LONE_SURE = 0.7;
+const LONE_SURE = 0.5;
 
 async function sureLoneDigit(m, frames, classify) {
-  if (frames === null || m.parts.length !== 1 || m.slices.length < 2 ||
-      m.parts[0].width > MAX_DIGIT_WIDTH * m.height) return null;
+  if (frames === null || m.parts.length !== 1 || m.slices.length < 2) return null;
   const whole = segment(m.slices, 0, m.slices.length, m.height);
   if (whole === null) return null;
   const probabilities = await classify([whole.image]);
