@@ -255,12 +255,16 @@ def main(argv, config_name: str = ""):
             runtime.join_processes(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                    join_timeout_s=FLAGS.join_timeout)
             tell_parent_joined()
-        runtime.use_cpu_cores(*batch_sizes(FLAGS.config),  # before JAX starts
-                              processes=FLAGS.num_processes or 1)
         if FLAGS.mode == "serve":
             from flaxdigits.serving import app as serving_app
 
+            # One CPU device, as each other serving process has: a request's model calls
+            # are batches of one image's candidates, never split across devices (with one
+            # device per core this process answered a seventh slower than the others).
             serving_app.prepare_jax()  # before the backend starts
+        else:
+            runtime.use_cpu_cores(*batch_sizes(FLAGS.config),  # before JAX starts
+                                  processes=FLAGS.num_processes or 1)
         runtime.start_backend()
         config_lib.validate(FLAGS.config)  # every mode: a bad value fails here, in seconds
         if FLAGS.mode == "serve":
