@@ -493,3 +493,17 @@ def test_a_process_holding_more_connections_stops_polling_its_listening_socket(t
             assert server.readable() and not shares.declined
     finally:
         server.close()
+
+
+def test_without_a_shares_file_the_processes_still_serve(monkeypatch, caplog):
+    import errno
+    import tempfile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    with caplog.at_level("WARNING"):
+        assert app_lib._connection_shares(2) == (None, None)
+    assert "not shared out evenly" in caplog.text and "No space left" in caplog.text
+    assert app_lib._connection_shares(1) == (None, None)

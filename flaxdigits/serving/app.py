@@ -197,10 +197,8 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
         server = waitress.create_server(app, host=host, port=port, **server_settings(threads))
     except OSError as e:
         raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    shares, shares_file = None, None
-    if workers > 1:
-        shares_file = tempfile.TemporaryFile()  # unlinked: gone with the last process
-        shares = ConnectionShares.create(shares_file.fileno(), workers)
+    shares, shares_file = _connection_shares(workers)
+    if shares is not None:
         shares.attach(server)
     others = [_start_worker(workdir, server.socket, threads, shares_file, slot)
               for slot in range(1, workers)]
@@ -223,6 +221,24 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
     log.info("Stopped")
 
 
+def _connection_shares(workers: int):
+    """(ConnectionShares of slot 0, its file) for `workers` serving processes; (None, None)
+    for one, or where the file cannot be made (the processes then share the port as the
+    kernel hands connections over)."""
+    if workers <= 1:
+        return None, None
+    shares_file = None
+    try:
+        shares_file = tempfile.TemporaryFile()  # unlinked: gone with the last process
+        return ConnectionShares.create(shares_file.fileno(), workers), shares_file
+    except (OSError, ValueError) as e:  # no room in the temporary folder, say
+        log.warning("Connections are not shared out evenly between the serving processes: "
+                    "%s", e)
+        if shares_file is not None:
+            shares_file.close()
+        return None, None
+
+
 def _start_worker(workdir, listening, threads: int, shares_file, slot: int):
     """Another serving process on the `listening` socket (`python -m
     flaxdigits.serving.app`), in its own session: a Ctrl-C at the terminal reaches this
@@ -230,12 +246,13 @@ def _start_worker(workdir, listening, threads: int, shares_file, slot: int):
     import subprocess
     import sys
 
-    fd, shares_fd = listening.fileno(), shares_file.fileno()
+    fd = listening.fileno()
+    shares_fd = -1 if shares_file is None else shares_file.fileno()  # -1: no balancing
     return subprocess.Popen(
         [sys.executable, "-m", "flaxdigits.serving.app", str(pathlib.Path(workdir).resolve()),
          str(fd), str(threads), str(os.getpid()), str(shares_fd), str(slot)],
-        pass_fds=(fd, shares_fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        start_new_session=True)
+        pass_fds=(fd,) if shares_file is None else (fd, shares_fd),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
 
 
 def _report_exited(workers: list) -> None:
@@ -281,8 +298,9 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: st
     app = create_app(reader)
     listening = socket.socket(fileno=int(fd))
     server = waitress.create_server(app, sockets=[listening], **server_settings(int(threads)))
-    shares = ConnectionShares(int(shares_fd), int(slot))
-    shares.attach(server)
+    shares = None if int(shares_fd) < 0 else ConnectionShares(int(shares_fd), int(slot))
+    if shares is not None:
+        shares.attach(server)
     gc.collect()
     gc.freeze()
 
