@@ -240,6 +240,11 @@ def test_launch_serves_a_workdir_and_refuses_a_missing_one(workdir, tmp_path, la
         for connection in held:
             connection.close()
         assert sorted(by_process.values()) == [4, 4], by_process
+        # The other process: its own process group (a Ctrl-C at the terminal reaches only
+        # the first, which stops it), the same session (one scheduling group on Linux).
+        (other,) = pids - {process.pid}
+        assert os.getpgid(other) != os.getpgid(process.pid)
+        assert os.getsid(other) == os.getsid(process.pid)
     finally:
         process.terminate()
         try:
