@@ -512,3 +512,22 @@ def test_without_a_shares_file_the_processes_still_serve(monkeypatch, caplog):
         assert app_lib._connection_shares(2) == (None, None)
     assert "not shared out evenly" in caplog.text and "No space left" in caplog.text
     assert app_lib._connection_shares(1) == (None, None)
+
+
+def test_a_host_name_of_several_addresses_is_served_on_its_first(monkeypatch):
+    """localhost is ::1 and 127.0.0.1 on many machines: waitress would listen on both, with a
+    server object the serving loop and the other processes cannot share."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def two(host, *args, **kwargs):
+        if host == "localhost":
+            return real("127.0.0.1", *args, **kwargs) + real("127.0.0.2", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", two)
+    assert app_lib._one_address("localhost", 8080) == "127.0.0.1"
+    assert app_lib._one_address("127.0.0.1", 0) == "127.0.0.1"
+    with pytest.raises(OSError):
+        app_lib._one_address("no.such.host.invalid", 8080)

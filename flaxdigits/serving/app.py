@@ -194,6 +194,7 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
              time.monotonic() - start)
     app = create_app(reader)
     try:
+        host = _one_address(host, port)
         server = waitress.create_server(app, host=host, port=port, **server_settings(threads))
     except OSError as e:
         raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
@@ -219,6 +220,19 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
         if shares_file is not None:
             shares_file.close()
     log.info("Stopped")
+
+
+def _one_address(host: str, port: int) -> str:
+    """The first address of `host` (a name such as localhost is often both ::1 and
+    127.0.0.1, and waitress would listen on each, with a server object of another kind: one
+    socket is what the serving processes share). Raises OSError where it has none."""
+    import socket
+
+    addresses = list(dict.fromkeys(
+        info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+    if len(addresses) > 1:
+        log.info("%s is %s: listening on %s", host, " and ".join(addresses), addresses[0])
+    return addresses[0]
 
 
 def _connection_shares(workers: int):
