@@ -259,8 +259,7 @@ def main(argv, config_name: str = ""):
             from flaxdigits.serving import app as serving_app
 
             # One CPU device, as each other serving process has: a request's model calls
-            # are batches of one image's candidates, never split across devices (with one
-            # device per core this process answered a seventh slower than the others).
+            # are batches of one image's candidates, never split across devices.
             serving_app.prepare_jax()  # before the backend starts
         else:
             runtime.use_cpu_cores(*batch_sizes(FLAGS.config),  # before JAX starts

@@ -361,8 +361,6 @@ class ConnectionShares:
         return cls(fd, 0)
 
     def attach(self, server) -> None:
-        if not hasattr(server, "socket"):  # several listening sockets (a host of several
-            return  # addresses): no balancing
         accepts = server.readable
         server.readable = lambda: accepts() and self.may_accept(len(server._map))
 
