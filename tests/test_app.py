@@ -318,14 +318,11 @@ def test_a_noted_stop_signal_ends_the_server_loop(monkeypatch):
     import threading
     import time
 
-    import waitress.server
-
     from flaxdigits import runtime
 
     monkeypatch.setattr(runtime, "_noted", [])
-    server = waitress.server.create_server(app_lib.create_app(mean_brightness_reader()),
-                                           host="127.0.0.1", port=0,
-                                           **app_lib.server_settings(threads=1))
+    server = app_lib.create_server(app_lib.create_app(mean_brightness_reader()), 1,
+                                   host="127.0.0.1", port=0)
     threading.Timer(0.2, runtime.note_signal, args=(15,)).start()
     backstop = threading.Timer(20, server.close)  # the test ends even when the loop does not
     backstop.start()
@@ -482,10 +479,7 @@ def test_a_queue_of_requests_is_not_a_warning_per_request():
 def test_a_process_holding_more_connections_stops_polling_its_listening_socket(tmp_path):
     import time
 
-    import waitress.server
-
-    server = waitress.server.create_server(lambda environ, start: [], host="127.0.0.1",
-                                           port=0, **app_lib.server_settings(1))
+    server = app_lib.create_server(lambda environ, start: [], 1, host="127.0.0.1", port=0)
     try:
         with open(tmp_path / "shares", "w+b") as file:
             shares = app_lib.ConnectionShares.create(file.fileno(), 2)
@@ -531,3 +525,62 @@ def test_a_host_name_of_several_addresses_is_served_on_its_first(monkeypatch):
     assert app_lib._one_address("127.0.0.1", 0) == "127.0.0.1"
     with pytest.raises(OSError):
         app_lib._one_address("no.such.host.invalid", 8080)
+
+
+def test_the_server_loop_leaves_a_running_tasks_output_to_its_thread():
+    """While a task's thread holds the channel's output (as inside waitress's write_soon,
+    sending), the main loop must wait for it, not poll the writable socket again and again
+    (waitress's own channel turned the loop ~17,000 times a second there)."""
+    import threading
+
+    turns, holding = [], threading.Event()
+
+    def app(environ, start_response):
+        channel = environ["waitress.client_disconnected"].__self__
+        with channel.outbuf_lock:  # a task sending: output pending, the lock held
+            channel.total_outbufs_len += 1
+            holding.set()
+            time.sleep(0.3)
+            holding.clear()
+            channel.total_outbufs_len -= 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done"]
+
+    server = app_lib.create_server(app, 1, host="127.0.0.1", port=0)
+    polled = server.readable  # called once per turn of the loop
+
+    def counted():
+        if holding.is_set():
+            turns.append(1)
+        return polled()
+
+    server.readable = counted
+    thread = threading.Thread(target=app_lib.run_until_stopped, args=(server, False),
+                              daemon=True)
+    thread.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (200, b"done")
+        connection.close()
+    finally:
+        server.close()
+    assert len(turns) < 20, f"{len(turns)} turns of the loop while the task held the output"
+
+
+def test_the_loop_still_sends_what_a_task_cannot_and_closes_channels():
+    Channel = app_lib._channel_class()
+    channel = Channel.__new__(Channel)  # (no socket: only writable() is asked)
+    channel.adj = type("Adj", (), {"outbuf_high_watermark": 100})()
+    channel.requests, channel.total_outbufs_len = ["a running task"], 10
+    channel.will_close = channel.close_when_flushed = False
+    assert not channel.writable()  # the task's thread sends it
+    channel.total_outbufs_len = 101  # the task waits for the loop to drain its output
+    assert channel.writable()
+    channel.total_outbufs_len, channel.close_when_flushed = 10, True
+    assert channel.writable()
+    channel.close_when_flushed, channel.requests = False, []  # the task ended: the rest
+    assert channel.writable()
+    channel.total_outbufs_len = 0
+    assert not channel.writable()

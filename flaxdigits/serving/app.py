@@ -16,6 +16,7 @@ digits do.
 Bad input gets a 4xx with {"error": "..."}; the server keeps serving.
 """
 
+import functools
 import gc
 import logging
 import mmap
@@ -152,6 +153,40 @@ def server_settings(threads: int) -> dict:
                 asyncore_use_poll=True)
 
 
+def create_server(app, threads: int, **where):
+    """waitress.create_server(app, **where) with server_settings(threads), serving each
+    connection as a Channel."""
+    import waitress
+
+    server = waitress.create_server(app, **where, **server_settings(threads))
+    server.channel_class = _channel_class()
+    return server
+
+
+@functools.lru_cache(maxsize=None)
+def _channel_class():
+    """waitress's HTTPChannel, less a busy loop. While a request's task runs, the task's
+    thread sends what it writes (waitress's send_bytes is 1), holding the channel's output
+    lock; but from its first byte written until the task ends, waitress's main loop polled
+    the socket as writable, found the lock held, and polled again: 17 us a turn, for up to
+    Python's 5 ms GIL switch interval, as the spinning loop kept the task's thread from the
+    GIL. Under 16 clients opening a connection per request, that was a quarter of a core in
+    each serving process (strace: 43 polls per request). Here the loop leaves a channel's
+    output to its running task, unless the task is waiting for the loop to drain more than
+    outbuf_high_watermark bytes, or the channel is closing; when the task ends waitress wakes
+    the loop (pull_trigger), which sends whatever is left."""
+    from waitress.channel import HTTPChannel
+
+    class Channel(HTTPChannel):
+        def writable(self):
+            if (self.requests and not (self.will_close or self.close_when_flushed)
+                    and self.total_outbufs_len <= self.adj.outbuf_high_watermark):
+                return False
+            return super().writable()
+
+    return Channel
+
+
 def serving_processes() -> int:
     """What --workers=0 means: one serving process per CPU core this process may use, at
     most 4 (each holds its own copy of the model and JAX, a few hundred MB)."""
@@ -185,8 +220,6 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
     waitress's main thread reads and writes every connection asynchronously, so a slow
     client does not hold the worker.
     """
-    import waitress
-
     logs.show_progress()
     start = time.monotonic()
     reader = reading.Reader.from_workdir(workdir)
@@ -196,7 +229,7 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
     app = create_app(reader)
     try:
         host = _one_address(host, port)
-        server = waitress.create_server(app, host=host, port=port, **server_settings(threads))
+        server = create_server(app, threads, host=host, port=port)
     except OSError as e:
         raise FlaxDigitsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     shares, shares_file = _connection_shares(workers)
@@ -310,8 +343,6 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: st
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it, with SIGTERM
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    import waitress
-
     from flaxdigits import runtime
 
     runtime.import_jax()
@@ -319,7 +350,7 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: st
     reader = reading.Reader.from_workdir(workdir)
     app = create_app(reader)
     listening = socket.socket(fileno=int(fd))
-    server = waitress.create_server(app, sockets=[listening], **server_settings(int(threads)))
+    server = create_server(app, int(threads), sockets=[listening])
     shares = None if int(shares_fd) < 0 else ConnectionShares(int(shares_fd), int(slot))
     if shares is not None:
         shares.attach(server)
@@ -444,10 +475,7 @@ def guard_connections(socket_map: dict, connection_limit: int, now: float) -> in
 def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, threads: int = 8):
     """Serves `app` with waitress in a daemon thread; returns (base URL, server). For tests
     and benchmarks: port 0 picks a free port; `server.close()` stops it."""
-    import waitress.server
-
-    server = waitress.server.create_server(app, host=host, port=port,
-                                           **server_settings(threads))
+    server = create_server(app, threads, host=host, port=port)
     thread = threading.Thread(target=run_until_stopped, args=(server, False), daemon=True)
     thread.start()
     return f"http://{host}:{server.effective_port}", server
