@@ -342,31 +342,32 @@ def _digit_sized(area: int, width: int, height: int) -> bool:
     return area >= preprocess.MIN_INK_PIXELS and max(width, height) >= preprocess.MIN_IMAGE_SIDE
 
 
-def _components(mask: np.ndarray):
+def _components(mask: np.ndarray, labelled: bool = True):
     """The 8-connected components of `mask`: (labels, boxes, areas), as ndimage.label,
     find_objects and bincount give them, each made on the ink's own box only (most of a
-    page is paper: the whole image's made up a sixth of a lone digit's reading)."""
+    page is paper: the whole image's made up a sixth of a lone digit's reading). With
+    `labelled` False, labels is None (no array of the page's size is made)."""
     from scipy import ndimage
 
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    labels = np.zeros(mask.shape, np.intp)  # (intp: bincount takes it without a copy)
+    labels = np.zeros(mask.shape, np.intp) if labelled else None  # (intp: bincount's own)
     if not len(rows):
         return labels, [], np.zeros(0, np.intp)
     y0, x0 = int(rows[0]), int(cols[0])
     window = (slice(y0, int(rows[-1]) + 1), slice(x0, int(cols[-1]) + 1))
-    count = ndimage.label(mask[window], structure=np.ones((3, 3), bool),
-                          output=labels[window])
+    own = labels[window] if labelled else np.zeros(mask[window].shape, np.intp)
+    count = ndimage.label(mask[window], structure=np.ones((3, 3), bool), output=own)
     if count == 1:  # one mark (most lone digits): its box is the ink's
         return labels, [window], np.array([np.count_nonzero(mask[window])])
     boxes = [(slice(r.start + y0, r.stop + y0), slice(c.start + x0, c.stop + x0))
-             for r, c in ndimage.find_objects(labels[window])]
-    return labels, boxes, np.bincount(labels[window].ravel(), minlength=count + 1)[1:]
+             for r, c in ndimage.find_objects(own)]
+    return labels, boxes, np.bincount(own.ravel(), minlength=count + 1)[1:]
 
 
 def _tallest_mark(ink: np.ndarray) -> int:
     """The height of the tallest connected mark of `ink` big enough to be a digit (1 where
     there is none: _parts then says so)."""
-    _, boxes, areas = _components(ink > preprocess.INK_LEVEL * ink.max())
+    _, boxes, areas = _components(ink > preprocess.INK_LEVEL * ink.max(), labelled=False)
     heights = [rows.stop - rows.start for (rows, cols), area in zip(boxes, areas)
                if _digit_sized(area, cols.stop - cols.start, rows.stop - rows.start)]
     return max(heights, default=1)
