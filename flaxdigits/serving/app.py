@@ -214,9 +214,9 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
     serves from the moment it has loaded, and workers - 1 started with the socket (each
     loads the model itself and joins when ready; one that dies leaves the rest serving).
     A new connection goes to a process holding no more connections than the others
-    (ConnectionShares). In each, one worker thread: a request is a few milliseconds of CPU work under Python's
-    GIL, so more threads add lock contention, not throughput, and more processes are what
-    uses more cores (benchmarks/serve.py measures both; the figures are in docs/web.md).
+    (ConnectionShares). In each, one worker thread: a request is a few milliseconds of CPU
+    work under Python's GIL, so more threads add lock contention, not throughput, and more
+    processes are what uses more cores (benchmarks/serve.py measures both; the figures are in docs/web.md).
     waitress's main thread reads and writes every connection asynchronously, so a slow
     client does not hold the worker.
     """
