@@ -75,3 +75,29 @@ def test_a_phone_photo_is_turned_upright_by_its_exif_orientation():
     out = io.BytesIO()
     photo.save(out, format="JPEG", exif=exif)
     assert preprocess.decode_image(out.getvalue()).shape == (280, 140)
+
+
+@pytest.mark.parametrize("width", [preprocess.THIN_STROKE * preprocess.WORK_BOX,
+                                   preprocess.LINE_THIN_STROKE])
+def test_strokes_are_called_surely_wide_only_where_the_distances_say_so(width):
+    """_surely_as_wide stands in for measuring the strokes (2 x the 95th percentile of the
+    distance transform): it may say "maybe not" of wide strokes, never "surely" of thin ones."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    said_sure = 0
+    for _ in range(400):
+        shape = tuple(rng.integers(6, 70, 2))
+        blobs = ndimage.gaussian_filter(rng.random(shape), rng.uniform(0.5, 6))
+        inked = blobs > np.quantile(blobs, rng.uniform(0.2, 0.95))
+        if not inked.any():
+            continue
+        measured = 2 * preprocess._percentile_95(ndimage.distance_transform_edt(inked)[inked])
+        if preprocess._surely_as_wide(inked, width):
+            said_sure += 1
+            assert measured >= width
+    assert said_sure > 40  # it does stand in, often
+    thick = np.zeros((60, 40), bool)
+    thick[5:55, 8:32] = True
+    assert preprocess._surely_as_wide(thick, width)
+    assert not preprocess._surely_as_wide(np.eye(30, dtype=bool), width)

@@ -567,12 +567,14 @@ def _cuts(part: Part, height: int) -> list:
     profile = np.convolve(profile, np.ones(3) / 3, mode="same")
     step = max(2, int(MIN_CUT_STEP * height))
     margin = max(2, int(0.15 * height))
+    # A valley: no higher than any column within `step` of it, and well below the peak.
+    nearby = np.lib.stride_tricks.sliding_window_view(
+        np.pad(profile, step, constant_values=np.inf), 2 * step + 1).min(axis=1)
+    valleys = (profile <= nearby + 1e-6) & (profile < 0.6 * profile.max())
     candidates = []
-    for c in range(margin, part.width - margin):
-        window = profile[max(0, c - step):c + step + 1]
-        if profile[c] <= window.min() + 1e-6 and profile[c] < 0.6 * profile.max():
-            if not candidates or c - candidates[-1] >= step:
-                candidates.append(c)
+    for c in np.flatnonzero(valleys[margin:part.width - margin]).tolist():
+        if not candidates or c + margin - candidates[-1] >= step:
+            candidates.append(c + margin)
     edges = [0] + candidates + [part.width]
     cuts = []
     widest = max(2, int(MAX_SLICE_WIDTH * height))
