@@ -22,11 +22,12 @@ export const MAX_DIGITS = 32, WORK_SIDE = 1200, LINE_HEIGHT = 96;
 const SPECK_SIDE = 0.2, FRAGMENT_HEIGHT = 0.5, FRAGMENT_REACH = 0.35, MAX_DIGIT_WIDTH = 1.3;
 const FLAT_CROSSINGS = 0.15, MIN_CUT_STEP = 0.12, UNCUT_WIDTH = 1.05, MAX_SLICE_WIDTH = 0.3;
 const JOIN_GAP = 0.3, PATH_REACH = 0.2, PATH_TURN = 0.05, FRAME = 4;
-export const BUCKETS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512];
+export const BUCKETS = [1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512];
 export const LINE_BUCKETS = [32, 48, 64, 128, 192, 256, 384, 512, 768, 1024];
 export const COSTS = { digit: 0.0, cut: 0.25, join: 1.0, narrow_cut: 1.0, wide: 3.0,
                        wide_from: 1.0, short: 3.0, short_from: 0.55, skip: 6.0 };
-export const LINE_WEIGHTS = { line: 1.5, unsegmented: 2.0, relabel: 0.25 };
+export const LINE_WEIGHTS = { line: 3.0, unsegmented: 2.0, relabel: 0.5 };
+export const LINE_SHIFTS = [0, -1, 1];
 
 const f32 = Math.fround;
 const INK_LEVEL_32 = f32(INK_LEVEL);
@@ -933,6 +934,30 @@ async function sureLoneDigit(m, frames, classify) {
   return readingOf(found, [0]);
 }
 
+function rolled(strip, shift) {  // np.roll(strip, shift, axis=1)
+  const out = image(strip.h, strip.w);
+  for (let r = 0; r < strip.h; r++) {
+    for (let c = 0; c < strip.w; c++) {
+      out.d[r * strip.w + (((c + shift) % strip.w) + strip.w) % strip.w] = strip.d[r * strip.w + c];
+    }
+  }
+  return out;
+}
+
+// reading.py's _frames: a line of more than one slice is read at each of LINE_SHIFTS, and
+// the frames' probabilities averaged (in float32, as NumPy averages them).
+async function lineLogProbs(line, strip, slices) {
+  const first = await line(strip);
+  if (first === null || slices <= 1) return first;
+  const all = [first];
+  for (const shift of LINE_SHIFTS.slice(1)) all.push(await line(rolled(strip, shift)));
+  return first.map((frame, t) => frame.map((_, k) => {
+    let sum = 0;
+    for (const lp of all) sum = f32(sum + f32(Math.exp(lp[t][k])));
+    return f32(Math.log(f32(sum / all.length)));
+  }));
+}
+
 // classify: async (list of 28x28 images) -> list of 10 probabilities each.
 // line: async (strip) -> frames (arrays of 11 log-probabilities), or null where too wide.
 export async function read(gray, classify, line = null, costs = COSTS, weights = LINE_WEIGHTS) {
@@ -940,7 +965,7 @@ export async function read(gray, classify, line = null, costs = COSTS, weights =
   let frames = null;
   if (line !== null) {
     const [x0, y0, , y1] = boxOf(inkedOf(m.ink), m.ink.h, m.ink.w);
-    const logProbs = await line(lineStrip(m.ink));
+    const logProbs = await lineLogProbs(line, lineStrip(m.ink), m.slices.length);
     if (logProbs !== null) frames = { logProbs, x0, factor: LINE_INK / (y1 - y0) };
   }
   const sure = await sureLoneDigit(m, frames, classify);
