@@ -123,10 +123,10 @@ def read(gray: np.ndarray, classify: Classify, costs: "Costs" = None,
     Raises BadInput (422) where no digit is found or there are more than MAX_DIGITS."""
     marks = _marks(gray)
     frames = None if line is None else _frames(marks.ink, line, len(marks.slices))
-    sure = _sure_lone_digit(marks, frames, classify)
+    sure, whole = _sure_lone_digit(marks, frames, classify)
     if sure is not None:
         return sure
-    found = _classified(_candidates_of(marks), classify)
+    found = _classified(_candidates_of(marks, whole), classify)
     return choose(found, costs or Costs(), frames, weights or LineWeights(), classify)
 
 
@@ -184,8 +184,9 @@ def _marks(gray: np.ndarray) -> Marks:
     return Marks(parts, slices, height, scale, _canvas(parts, ink.shape))
 
 
-def _candidates_of(marks: Marks) -> Candidates:
-    segments = _segments(marks.slices, marks.height)
+def _candidates_of(marks: Marks, whole: Optional["Segment"] = None) -> Candidates:
+    """`whole`, where given, is the segment of every slice, made already."""
+    segments = _segments(marks.slices, marks.height, whole)
     if not segments:
         raise BadInput(422, "no digits found: the marks are too faint or too small")
     return Candidates(segments, None, len(marks.slices), marks.height, marks.scale, marks.ink)
@@ -204,23 +205,23 @@ def _candidates_of(marks: Marks) -> Candidates:
 LONE_SURE = 0.5
 
 
-def _sure_lone_digit(marks: Marks, frames: Optional["LineFrames"],
-                     classify: Classify) -> Optional[Reading]:
-    """The reading of a lone cut mark as one digit, read whole, where both readers are sure
-    of it (LONE_SURE); else None (every candidate is read)."""
+def _sure_lone_digit(marks: Marks, frames: Optional["LineFrames"], classify: Classify):
+    """(the reading of a lone cut mark as one digit, read whole, where both readers are sure
+    of it (LONE_SURE), else None: every candidate is read; the mark's segment read whole,
+    where it made one, which is one of those candidates)."""
     if frames is None or len(marks.parts) != 1 or len(marks.slices) < 2:
-        return None
+        return None, None
     whole = _segment(marks.slices, 0, len(marks.slices), marks.height)
     if whole is None:
-        return None
+        return None, None
     probabilities = np.asarray(classify(whole.image[None]), np.float32)
     label = int(probabilities[0].argmax())
     if probabilities[0, label] < LONE_SURE \
             or ctc_greedy(frames.log_probs.argmax(-1)) != str(label):
-        return None
+        return None, whole
     found = Candidates([whole], probabilities, len(marks.slices), marks.height, marks.scale,
                        marks.ink)
-    return _reading(found, [0])
+    return _reading(found, [0]), whole
 
 
 def _canvas(parts: list, shape: tuple) -> np.ndarray:
@@ -603,7 +604,7 @@ class Segment(NamedTuple):
     joins: int  # gaps between separate parts within it
 
 
-def _segments(slices: list, height: int) -> list:
+def _segments(slices: list, height: int, whole: Optional["Segment"] = None) -> list:
     segments = []
     for first in range(len(slices)):
         for last in range(first + 1, len(slices) + 1):
@@ -615,7 +616,8 @@ def _segments(slices: list, height: int) -> list:
             if any(b.part is not a.part and b.part.x0 - a.part.x1 > JOIN_GAP * height
                    for a, b in zip(run[:-1], run[1:])):
                 break
-            segment = _segment(run, first, last, height)
+            segment = (whole if whole is not None and (first, last) == (0, len(slices))
+                       else _segment(run, first, last, height))
             if segment is not None:
                 segments.append(segment)
     return segments
