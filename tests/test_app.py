@@ -413,6 +413,7 @@ def test_clients_trickling_their_headers_are_cut_off(monkeypatch):
         server.close()
 
 
+@pytest.mark.slow  # (network: 200 sockets held for seconds)
 def test_idle_connections_neither_lock_others_out_nor_linger():
     import socket
     import time

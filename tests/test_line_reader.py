@@ -47,6 +47,7 @@ def test_line_of_glyphs_writes_the_digits_it_says_left_to_right():
         assert ndimage.label(ink > 100, structure=np.ones((3, 3)))[1] == parts
 
 
+@pytest.mark.slow  # (a training run: 10 s)
 def test_line_reader_gives_a_frame_per_4_columns_and_trains_with_ctc():
     model = models.LineReader(conv_features=(4, 4, 8, 8), sequence_features=16)
     strips = np.random.default_rng(0).uniform(size=(2, preprocess.LINE_STRIP, 64, 1))
