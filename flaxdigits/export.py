@@ -34,7 +34,6 @@ import pathlib
 import shutil
 from typing import Callable
 
-import ml_collections
 import numpy as np
 
 from flaxdigits import IMAGE_SIDE, NUM_CLASSES, config as config_lib, data, logs
@@ -62,11 +61,7 @@ def export_workdir(config, workdir, config_name: str = "") -> pathlib.Path:
     trained = inference.load(workdir, which="best")  # a damaged newest checkpoint: fallback
     page_runtime = onnxruntime_web()  # before the conversion: npm missing is one line at once
     line_variables = _line_reader_variables(workdir)
-    # Only the held-out digits are needed: no extra training pieces (read_pieces and
-    # cut_pieces add the reader's cuts to the training split only, and take a minute).
-    data_config = ml_collections.ConfigDict(config.data.to_dict())
-    data_config.read_pieces = data_config.cut_pieces = 0.0
-    dataset = data.load_dataset(data_config)
+    dataset = data.load_dataset(config.data, training_pieces=False)  # held-out digits only
     split_name, split = (("test", dataset.test) if dataset.test is not None
                          else ("validation", dataset.validation))
     if split is None:

@@ -24,6 +24,28 @@ def data_config(**overrides):
 # IDX folders
 
 
+def test_the_held_out_modes_make_no_training_pieces(tmp_path, monkeypatch):
+    """evaluate and export read the held-out splits only: the pieces the config asks for
+    (a minute of work for configs/page.py) are made for training alone."""
+    from flaxdigits.data import cut_pieces
+
+    testing.write_idx_folder(tmp_path, 300, 100)
+    config = data_config(dir=str(tmp_path), validation_fraction=0.1, cut_pieces=0.2,
+                         read_pieces=0.1)
+    with_pieces = data.load_dataset(config)
+    assert len(with_pieces.train.images) == 270 + 54 + 27
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pieces made for a held-out mode")
+
+    monkeypatch.setattr(cut_pieces, "make", refuse)
+    monkeypatch.setattr(cut_pieces, "read", refuse)
+    held_out = data.load_dataset(config, training_pieces=False)
+    assert len(held_out.train.images) == 270
+    np.testing.assert_array_equal(held_out.test.images, with_pieces.test.images)
+    np.testing.assert_array_equal(held_out.validation.images, with_pieces.validation.images)
+
+
 @pytest.mark.parametrize("gz,dotted", [(True, False), (False, False), (True, True)])
 def test_idx_folder_loads_in_every_spelling(tmp_path, gz, dotted):
     testing.write_idx_folder(tmp_path, 300, 100, gz=gz, dotted=dotted)

@@ -144,16 +144,20 @@ def test_a_workdir_without_a_checkpoint_or_test_csv_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_report_with_tta_and_an_ensemble_workdir(trained):
+def test_report_with_tta_and_an_ensemble_workdir(trained, monkeypatch):
+    from flaxdigits.data import cut_pieces
+
     workdir = trained["workdir"]
     config = tiny_config(**{"data.dir": str(trained["data_dir"]), "eval_batch_size": 256,
-                            "inference.tta_views": 5,
+                            "inference.tta_views": 5, "data.read_pieces": 0.25,
                             "inference.ensemble_workdirs": (str(workdir),)})
+    # Evaluating reads the held-out split only: the config's training pieces are not made.
+    monkeypatch.setattr(cut_pieces, "read", None)
     report = report_lib.evaluate_workdir(config, workdir)
     assert report["tta_views"] == 5 and report["ensemble_workdirs"] == [str(workdir)]
     # The same model twice, each with the same 5 views: the mean of 5 views of one model.
     one = inference.load(workdir)
-    split = data.load_dataset(config.data).test
+    split = data.load_dataset(config.data, training_pieces=False).test
     probabilities = inference.predict_probabilities(one.model, one.variables, split.images,
                                                     256, 5)
     assert report["accuracy"] == np.mean(probabilities.argmax(-1) == split.label_ids)

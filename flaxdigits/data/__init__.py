@@ -147,9 +147,11 @@ def make_splits(raw: RawDigits, *, validation_fraction: float, split_seed: int,
     return Dataset(train, validation, test, source, fingerprint(raw), train_digits=len(keep))
 
 
-def load_dataset(data_config) -> Dataset:
+def load_dataset(data_config, training_pieces: bool = True) -> Dataset:
     """The Dataset that `config.data` names (see the module docstring). The config has been
-    checked by flaxdigits.config.validate."""
+    checked by flaxdigits.config.validate. With `training_pieces` False, the training split
+    is the training digits alone, whatever data.cut_pieces and data.read_pieces say: for
+    the modes that read only the held-out splits (the pieces take a minute to make)."""
     if data_config.source == "tfds":
         from flaxdigits.data import tfds
 
@@ -167,8 +169,8 @@ def load_dataset(data_config) -> Dataset:
                     ", ".join(map(str, missing)))
     return make_splits(raw, validation_fraction=data_config.validation_fraction,
                        split_seed=data_config.split_seed, source=description,
-                       cut_pieces=data_config.get("cut_pieces", 0.0),
-                       read_pieces=data_config.get("read_pieces", 0.0))
+                       cut_pieces=data_config.get("cut_pieces", 0.0) if training_pieces else 0.0,
+                       read_pieces=data_config.get("read_pieces", 0.0) if training_pieces else 0.0)
 
 
 def load_folder(folder) -> tuple[RawDigits, str]:

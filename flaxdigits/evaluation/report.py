@@ -103,7 +103,7 @@ def evaluate_workdir(config, workdir) -> dict:
     logs.show_progress()
     config_lib.validate(config)
     trained = inference.load(workdir, which="best")
-    dataset = data.load_dataset(config.data)
+    dataset = data.load_dataset(config.data, training_pieces=False)  # held-out digits only
     if dataset.test is None:
         check_same_validation_split(config, trained.config)
     return write_report(Workdir(workdir, writes=runtime.is_primary()), trained, dataset,
