@@ -274,3 +274,28 @@ def test_the_lone_mark_rule_needs_one_mark_and_a_line_reader():
     page[30:110, 300:308] = 0  # and a second mark beside it
     reading.read(page, counting(sure_of_anything(), calls), line=line_says("1"))
     assert len(calls) == 1 and calls[0] > 2
+
+
+def test_a_line_of_several_slices_is_read_at_each_shift_and_stays_finite():
+    import warnings
+
+    strips = []
+
+    def certain(strip):  # sure of a blank everywhere: every digit at log-probability -200
+        strips.append(strip)
+        log_probs = np.full((strip.shape[1] // reading.FRAME, 11), -200.0, np.float32)
+        log_probs[:, 0] = 0.0
+        return log_probs
+
+    ink = 255.0 - two_bars()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "divide by zero in log"
+        frames = reading._frames(ink, certain, slices=2)
+    assert len(strips) == len(reading.LINE_SHIFTS)
+    for strip, shift in zip(strips, reading.LINE_SHIFTS):
+        np.testing.assert_array_equal(strip, np.roll(strips[0], shift, axis=1))
+    assert np.isfinite(frames.log_probs).all() and reading.ctc_greedy(
+        frames.log_probs.argmax(-1)) == ""
+    strips.clear()
+    reading._frames(ink, certain, slices=1)  # a lone uncut mark: read once
+    assert len(strips) == 1

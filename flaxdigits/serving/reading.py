@@ -755,6 +755,7 @@ def line_frames(found: Candidates, line: LineModel) -> Optional[LineFrames]:
 # weights alone, without the shifts, reached 308. (Shifts up and down too, and a blur: 313.)
 # A lone uncut mark (most single digits) is read once: shifts there cost a tenth of its time.
 LINE_SHIFTS = (0, -1, 1)
+LOWEST_LOG_PROB = -80.0  # (the page model's lowest, over 150 test numbers: -33)
 
 
 def _frames(ink: np.ndarray, line: LineModel, slices: int) -> Optional[LineFrames]:
@@ -764,9 +765,11 @@ def _frames(ink: np.ndarray, line: LineModel, slices: int) -> Optional[LineFrame
     if log_probs is None:
         return None
     if slices > 1:  # (the strip's margins are blank: a shift moves no ink around the ends)
-        probabilities = [np.exp(np.asarray(log_probs, np.float32))] + [
-            np.exp(np.asarray(line(np.roll(strip, shift, axis=1)), np.float32))
-            for shift in LINE_SHIFTS[1:]]
+        reads = [log_probs] + [line(np.roll(strip, shift, axis=1)) for shift in LINE_SHIFTS[1:]]
+        # (Each at least LOWEST_LOG_PROB: below about -104 exp() is 0 in float32, and the log
+        # of an average of zeros would be -inf.)
+        probabilities = [np.exp(np.maximum(np.asarray(r, np.float32), LOWEST_LOG_PROB))
+                         for r in reads]
         log_probs = np.log(np.mean(probabilities, axis=0))
     return LineFrames(np.asarray(log_probs, np.float32), float(x0), preprocess.LINE_INK / (y1 - y0))
 

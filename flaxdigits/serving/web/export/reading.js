@@ -27,7 +27,7 @@ export const LINE_BUCKETS = [32, 48, 64, 128, 192, 256, 384, 512, 768, 1024];
 export const COSTS = { digit: 0.0, cut: 0.25, join: 1.0, narrow_cut: 1.0, wide: 3.0,
                        wide_from: 1.0, short: 3.0, short_from: 0.55, skip: 6.0 };
 export const LINE_WEIGHTS = { line: 3.0, unsegmented: 2.0, relabel: 0.5 };
-export const LINE_SHIFTS = [0, -1, 1];
+export const LINE_SHIFTS = [0, -1, 1], LOWEST_LOG_PROB = -80.0;
 
 const f32 = Math.fround;
 const INK_LEVEL_32 = f32(INK_LEVEL);
@@ -953,7 +953,7 @@ async function lineLogProbs(line, strip, slices) {
   for (const shift of LINE_SHIFTS.slice(1)) all.push(await line(rolled(strip, shift)));
   return first.map((frame, t) => frame.map((_, k) => {
     let sum = 0;
-    for (const lp of all) sum = f32(sum + f32(Math.exp(lp[t][k])));
+    for (const lp of all) sum = f32(sum + f32(Math.exp(Math.max(lp[t][k], LOWEST_LOG_PROB))));
     return f32(Math.log(f32(sum / all.length)));
   }));
 }
