@@ -167,10 +167,10 @@ def load_dataset(data_config, training_pieces: bool = True) -> Dataset:
         log.warning("%s: the training data has no examples of digit(s) %s: the model cannot "
                     "learn them, and accuracy on such data says little", description,
                     ", ".join(map(str, missing)))
+    pieces = {field: data_config.get(field, 0.0) if training_pieces else 0.0
+              for field in ("cut_pieces", "read_pieces")}
     return make_splits(raw, validation_fraction=data_config.validation_fraction,
-                       split_seed=data_config.split_seed, source=description,
-                       cut_pieces=data_config.get("cut_pieces", 0.0) if training_pieces else 0.0,
-                       read_pieces=data_config.get("read_pieces", 0.0) if training_pieces else 0.0)
+                       split_seed=data_config.split_seed, source=description, **pieces)
 
 
 def load_folder(folder) -> tuple[RawDigits, str]:

@@ -216,7 +216,8 @@ def serve(workdir, host: str = "127.0.0.1", port: int = 8080, threads: int = 1,
     A new connection goes to a process holding no more connections than the others
     (ConnectionShares). In each, one worker thread: a request is a few milliseconds of CPU
     work under Python's GIL, so more threads add lock contention, not throughput, and more
-    processes are what uses more cores (benchmarks/serve.py measures both; the figures are in docs/web.md).
+    processes are what uses more cores (benchmarks/serve.py measures both; the figures are
+    in docs/web.md).
     waitress's main thread reads and writes every connection asynchronously, so a slow
     client does not hold the worker.
     """

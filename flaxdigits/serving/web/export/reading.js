@@ -22,7 +22,6 @@ export const MAX_DIGITS = 32, WORK_SIDE = 1200, LINE_HEIGHT = 96;
 const SPECK_SIDE = 0.2, FRAGMENT_HEIGHT = 0.5, FRAGMENT_REACH = 0.35, MAX_DIGIT_WIDTH = 1.3;
 const FLAT_CROSSINGS = 0.15, MIN_CUT_STEP = 0.12, UNCUT_WIDTH = 1.05, MAX_SLICE_WIDTH = 0.3;
 const JOIN_GAP = 0.3, PATH_REACH = 0.2, PATH_TURN = 0.05, FRAME = 4;
-export const BUCKETS = [1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512];
 export const LINE_BUCKETS = [32, 48, 64, 128, 192, 256, 384, 512, 768, 1024];
 export const COSTS = { digit: 0.0, cut: 0.25, join: 1.0, narrow_cut: 1.0, wide: 3.0,
                        wide_from: 1.0, short: 3.0, short_from: 0.55, skip: 6.0 };
