@@ -470,6 +470,48 @@ def test_connection_shares_go_to_the_process_holding_fewest(tmp_path):
         assert second.may_accept(9, now=100.3 + app_lib.SHARE_STALE + 0.01)
 
 
+def test_a_busy_process_leaves_new_connections_to_a_free_one_for_a_while(tmp_path):
+    """A process with IN_SERVICE_LIMIT requests in service takes no new connection (they
+    wait in the shared backlog for a free process), but not for longer than
+    BUSY_DECLINE_LIMIT: kept-alive clients keeping every process busy lock no one out."""
+    with open(tmp_path / "shares", "w+b") as file:
+        shares = app_lib.ConnectionShares.create(file.fileno(), 2)
+        busy = app_lib.IN_SERVICE_LIMIT
+        assert shares.may_accept(3, in_service=busy - 1, now=100.0)
+        assert not shares.may_accept(3, in_service=busy, now=100.001) and shares.declined
+        limit = app_lib.BUSY_DECLINE_LIMIT
+        assert not shares.may_accept(3, in_service=busy + 5, now=100.0 + limit * 0.9)
+        assert shares.may_accept(3, in_service=busy, now=100.0 + limit * 1.1)
+        assert shares.may_accept(3, in_service=busy - 1, now=100.0 + limit * 1.2)
+        assert not shares.may_accept(3, in_service=busy, now=100.0 + limit * 1.3)
+
+
+def test_requests_in_service_are_counted_from_waitress_channels(tmp_path):
+    import time
+    import types
+
+    server = app_lib.create_server(lambda environ, start: [], 1, host="127.0.0.1", port=0)
+    try:
+        with open(tmp_path / "shares", "w+b") as file:
+            shares = app_lib.ConnectionShares.create(file.fileno(), 1)
+            shares.attach(server)
+            assert server.readable()
+            idle = types.SimpleNamespace(requests=[])  # a kept-alive connection, idle
+            serving = [types.SimpleNamespace(requests=["request"])
+                       for _ in range(app_lib.IN_SERVICE_LIMIT)]
+            server._map.update({-1: idle, **{-2 - k: c for k, c in enumerate(serving)}})
+            assert app_lib.in_service(server._map) == app_lib.IN_SERVICE_LIMIT
+            assert not server.readable() and shares.declined
+            time.sleep(app_lib.BUSY_DECLINE_LIMIT * 1.5)
+            assert server.readable()  # busy for too long: takes new connections anyway
+            serving[0].requests = []  # the worker thread finished one
+            assert server.readable() and not shares.declined
+            for key in (-1, *(-2 - k for k in range(len(serving)))):
+                del server._map[key]
+    finally:
+        server.close()
+
+
 def test_a_queue_of_requests_is_not_a_warning_per_request():
     import logging
 

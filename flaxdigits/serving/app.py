@@ -370,15 +370,28 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: st
 # two processes, and the 12 waited three times as long as the 4 (benchmarks/serve.py). So each
 # process writes how many connections it holds into a small file they all map, and takes new
 # ones only while it holds no more than any other (ConnectionShares).
+# A connection once taken waits behind that process's requests. A process busy with a slow
+# request (a wide mark whose every cut is read: 8-14 ms against 2.5) kept taking its share of
+# new connections, and each waited behind it. So a process also takes new ones only while
+# fewer than IN_SERVICE_LIMIT of its connections have a request in service or queued: the
+# rest wait in the listening socket's backlog for whichever process is free first, one queue
+# for all (16 clients, a new connection per request: p99 44-51 -> 38-41 ms, throughput up a
+# little; benchmarks/serve.py, docs/web.md). Where being busy lasts BUSY_DECLINE_LIMIT
+# (kept-alive clients keeping every process busy, say), it takes them anyway: a new client
+# waits that long at most, not until the others go quiet.
 SHARE_STALE = 1.0  # seconds: a process silent this long (stopped, hung) is left out
 DECLINED_POLL = 0.02  # seconds: how soon a process that declined looks again
+IN_SERVICE_LIMIT = 1
+BUSY_DECLINE_LIMIT = 0.02  # seconds
 
 
 class ConnectionShares:
     """Slot k of a file that every serving process maps: (connections, time.monotonic() of
     its last look) of process k. Its `readable` wraps the waitress server's: the listening
     socket is polled only while this process holds no more connections than any other that
-    looked within SHARE_STALE (ties take turns by whoever polls first)."""
+    looked within SHARE_STALE (ties take turns by whoever polls first), and, until it has
+    been busy for BUSY_DECLINE_LIMIT, only while fewer than IN_SERVICE_LIMIT of its
+    connections have requests in service."""
 
     SLOT = struct.Struct("qd")
 
@@ -386,6 +399,7 @@ class ConnectionShares:
         self.shared = mmap.mmap(fd, 0)
         self.slot = slot
         self.declined = False
+        self.free_at = time.monotonic()  # when fewer than IN_SERVICE_LIMIT were last in service
 
     @classmethod
     def create(cls, fd: int, slots: int) -> "ConnectionShares":
@@ -394,9 +408,11 @@ class ConnectionShares:
 
     def attach(self, server) -> None:
         accepts = server.readable
-        server.readable = lambda: accepts() and self.may_accept(len(server._map))
+        server.readable = lambda: accepts() and self.may_accept(
+            len(server._map), in_service(server._map))
 
-    def may_accept(self, connections: int, now: Optional[float] = None) -> bool:
+    def may_accept(self, connections: int, in_service: int = 0,
+                   now: Optional[float] = None) -> bool:
         now = time.monotonic() if now is None else now
         self.SLOT.pack_into(self.shared, self.slot * self.SLOT.size, connections, now)
         fewest = None
@@ -405,8 +421,18 @@ class ConnectionShares:
                 held, seen = self.SLOT.unpack_from(self.shared, k * self.SLOT.size)
                 if now - seen < SHARE_STALE and (fewest is None or held < fewest):
                     fewest = held
-        self.declined = fewest is not None and connections > fewest
+        if in_service < IN_SERVICE_LIMIT:
+            self.free_at = now
+        busy = now - self.free_at < BUSY_DECLINE_LIMIT and in_service >= IN_SERVICE_LIMIT
+        self.declined = busy or (fewest is not None and connections > fewest)
         return not self.declined
+
+
+def in_service(socket_map: dict) -> int:
+    """How many of the connections in a waitress server's `socket_map` have requests being
+    served or waiting for the worker thread (the thread clears them before it wakes the main
+    loop with the answer, so a process that declined while busy looks again at once)."""
+    return sum(1 for channel in socket_map.values() if getattr(channel, "requests", None))
 
 
 def run_until_stopped(server, stop_on_signal: bool = True, watch=None,
