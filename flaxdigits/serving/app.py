@@ -371,18 +371,20 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: st
 # process writes how many connections it holds into a small file they all map, and takes new
 # ones only while it holds no more than any other (ConnectionShares).
 # A connection once taken waits behind that process's requests. A process busy with a slow
-# request (a wide mark whose every cut is read: 8-14 ms against 2.5) kept taking its share of
-# new connections, and each waited behind it. So a process also takes new ones only while
-# fewer than IN_SERVICE_LIMIT of its connections have a request in service or queued: the
-# rest wait in the listening socket's backlog for whichever process is free first, one queue
-# for all (16 clients, a new connection per request: p99 44-51 -> 38-41 ms, throughput up a
-# little; benchmarks/serve.py, docs/web.md). Where being busy lasts BUSY_DECLINE_LIMIT
-# (kept-alive clients keeping every process busy, say), it takes them anyway: a new client
-# waits that long at most, not until the others go quiet.
+# request (a wide mark whose every cut is read: 10-15 ms of CPU against 2.5) kept taking its
+# share of new connections, and each waited behind it. So a process also takes new ones only
+# while fewer than IN_SERVICE_LIMIT of its connections have a request in service or queued:
+# the rest wait in the listening socket's backlog for whichever process is free first, one
+# queue for all (16 clients, a new connection per request: p99 44-49 -> 39-43 ms, and a few
+# more requests a second; benchmarks/serve.py, docs/web.md). Where being busy lasts
+# BUSY_DECLINE_LIMIT (kept-alive clients keeping every process busy, say), it takes them
+# anyway: a new client waits that long at most, not until the others go quiet. (At 20 ms,
+# slow requests outlasted it under load, and the connections then taken waited behind them:
+# p99 39.6-47.6 ms over 8 rounds, against 39.2-43.2 at 50 ms.)
 SHARE_STALE = 1.0  # seconds: a process silent this long (stopped, hung) is left out
 DECLINED_POLL = 0.02  # seconds: how soon a process that declined looks again
 IN_SERVICE_LIMIT = 1
-BUSY_DECLINE_LIMIT = 0.02  # seconds
+BUSY_DECLINE_LIMIT = 0.05  # seconds
 
 
 class ConnectionShares:
