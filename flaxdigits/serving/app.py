@@ -375,16 +375,17 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: st
 # share of new connections, and each waited behind it. So a process also takes new ones only
 # while fewer than IN_SERVICE_LIMIT of its connections have a request in service or queued:
 # the rest wait in the listening socket's backlog for whichever process is free first, one
-# queue for all (16 clients, a new connection per request: p99 44-49 -> 39-43 ms, and a few
-# more requests a second; benchmarks/serve.py, docs/web.md). Where being busy lasts
-# BUSY_DECLINE_LIMIT (kept-alive clients keeping every process busy, say), it takes them
-# anyway: a new client waits that long at most, not until the others go quiet. (At 20 ms,
-# slow requests outlasted it under load, and the connections then taken waited behind them:
-# p99 39.6-47.6 ms over 8 rounds, against 39.2-43.2 at 50 ms.)
+# queue for all (16 clients, a new connection per request: p99 44-54 -> 40-44 ms, and a few
+# more requests a second; benchmarks/serve.py, docs/web.md). A process busy for
+# BUSY_DECLINE_LIMIT (kept-alive clients keeping every process busy, say) takes one new
+# connection, and another after as long again: a new client waits about that long at most,
+# not until the others go quiet. (Taking every waiting one instead, a process once busy that
+# long held them all, up to 16, and was never free again: the p99 went back to 47-60 ms in a
+# third of the runs, and a stopped process took 7-9 connections down with it, against 1-2.)
 SHARE_STALE = 1.0  # seconds: a process silent this long (stopped, hung) is left out
 DECLINED_POLL = 0.02  # seconds: how soon a process that declined looks again
 IN_SERVICE_LIMIT = 1
-BUSY_DECLINE_LIMIT = 0.05  # seconds
+BUSY_DECLINE_LIMIT = 0.02  # seconds
 
 
 class ConnectionShares:
@@ -401,7 +402,7 @@ class ConnectionShares:
         self.shared = mmap.mmap(fd, 0)
         self.slot = slot
         self.declined = False
-        self.free_at = time.monotonic()  # when fewer than IN_SERVICE_LIMIT were last in service
+        self.free_at = time.monotonic()  # when it was last free to take a connection
 
     @classmethod
     def create(cls, fd: int, slots: int) -> "ConnectionShares":
@@ -423,9 +424,9 @@ class ConnectionShares:
                 held, seen = self.SLOT.unpack_from(self.shared, k * self.SLOT.size)
                 if now - seen < SHARE_STALE and (fewest is None or held < fewest):
                     fewest = held
-        if in_service < IN_SERVICE_LIMIT:
+        busy = in_service >= IN_SERVICE_LIMIT and now - self.free_at < BUSY_DECLINE_LIMIT
+        if not busy:  # (busy that long: one connection now, the next after as long again)
             self.free_at = now
-        busy = now - self.free_at < BUSY_DECLINE_LIMIT and in_service >= IN_SERVICE_LIMIT
         self.declined = busy or (fewest is not None and connections > fewest)
         return not self.declined
 
