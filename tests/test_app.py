@@ -482,6 +482,8 @@ def test_a_busy_process_leaves_new_connections_to_a_free_one_for_a_while(tmp_pat
         limit = app_lib.BUSY_DECLINE_LIMIT
         assert not shares.may_accept(3, in_service=busy + 5, now=100.0 + limit * 0.9)
         assert shares.may_accept(3, in_service=busy, now=100.0 + limit * 1.1)
+        assert shares.may_accept(3, in_service=busy, now=100.0 + limit * 1.15)  # none taken
+        shares.took(now=100.0 + limit * 1.15)
         # One connection each BUSY_DECLINE_LIMIT, not all that wait: a process that took
         # every waiting connection once busy that long held them all again (16 under 16
         # clients), and a stopped process took them down with it.
@@ -492,6 +494,7 @@ def test_a_busy_process_leaves_new_connections_to_a_free_one_for_a_while(tmp_pat
 
 
 def test_requests_in_service_are_counted_from_waitress_channels(tmp_path):
+    import socket
     import time
     import types
 
@@ -508,7 +511,14 @@ def test_requests_in_service_are_counted_from_waitress_channels(tmp_path):
             assert app_lib.in_service(server._map) == app_lib.IN_SERVICE_LIMIT
             assert not server.readable() and shares.declined
             time.sleep(app_lib.BUSY_DECLINE_LIMIT * 1.5)
-            assert server.readable()  # busy for too long: takes new connections anyway
+            assert server.readable()  # busy for too long: takes a new connection anyway
+            with socket.create_connection(("127.0.0.1", server.effective_port)):
+                server.handle_accept()  # what waitress's loop calls when it is readable
+                taken = [c for c in server._map.values() if hasattr(c, "requests")
+                         and c not in (idle, *serving)]
+                assert len(taken) == 1
+                assert not server.readable()  # and the next only BUSY_DECLINE_LIMIT later
+                taken[0].close()
             serving[0].requests = []  # the worker thread finished one
             assert server.readable() and not shares.declined
             for key in (-1, *(-2 - k for k in range(len(serving)))):

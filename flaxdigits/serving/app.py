@@ -377,9 +377,9 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: st
 # the rest wait in the listening socket's backlog for whichever process is free first, one
 # queue for all (16 clients, a new connection per request: p99 44-54 -> 40-44 ms, and a few
 # more requests a second; benchmarks/serve.py, docs/web.md). A process busy for
-# BUSY_DECLINE_LIMIT (kept-alive clients keeping every process busy, say) takes one new
-# connection, and another after as long again: a new client waits about that long at most,
-# not until the others go quiet. (Taking every waiting one instead, a process once busy that
+# BUSY_DECLINE_LIMIT (kept-alive clients keeping every process busy, say) takes a new
+# connection, and the next only as long after it took that one: a new client waits about that
+# long at most, not until the others go quiet. (Taking every waiting one instead, a process once busy that
 # long held them all, up to 16, and was never free again: the p99 went back to 47-60 ms in a
 # third of the runs, and a stopped process took 7-9 connections down with it, against 1-2.)
 SHARE_STALE = 1.0  # seconds: a process silent this long (stopped, hung) is left out
@@ -402,7 +402,7 @@ class ConnectionShares:
         self.shared = mmap.mmap(fd, 0)
         self.slot = slot
         self.declined = False
-        self.free_at = time.monotonic()  # when it was last free to take a connection
+        self.free_at = time.monotonic()  # when it was last free, or last took one
 
     @classmethod
     def create(cls, fd: int, slots: int) -> "ConnectionShares":
@@ -410,9 +410,19 @@ class ConnectionShares:
         return cls(fd, 0)
 
     def attach(self, server) -> None:
-        accepts = server.readable
+        accepts, take = server.readable, server.handle_accept
         server.readable = lambda: accepts() and self.may_accept(
             len(server._map), in_service(server._map))
+
+        def handle_accept():
+            take()
+            self.took()
+
+        server.handle_accept = handle_accept
+
+    def took(self, now: Optional[float] = None) -> None:
+        """A connection was taken: busy, the next waits BUSY_DECLINE_LIMIT from now."""
+        self.free_at = time.monotonic() if now is None else now
 
     def may_accept(self, connections: int, in_service: int = 0,
                    now: Optional[float] = None) -> bool:
@@ -424,9 +434,9 @@ class ConnectionShares:
                 held, seen = self.SLOT.unpack_from(self.shared, k * self.SLOT.size)
                 if now - seen < SHARE_STALE and (fewest is None or held < fewest):
                     fewest = held
-        busy = in_service >= IN_SERVICE_LIMIT and now - self.free_at < BUSY_DECLINE_LIMIT
-        if not busy:  # (busy that long: one connection now, the next after as long again)
+        if in_service < IN_SERVICE_LIMIT:
             self.free_at = now
+        busy = in_service >= IN_SERVICE_LIMIT and now - self.free_at < BUSY_DECLINE_LIMIT
         self.declined = busy or (fewest is not None and connections > fewest)
         return not self.declined
 
