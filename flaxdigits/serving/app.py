@@ -375,7 +375,7 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: st
 # share of new connections, and each waited behind it. So a process also takes new ones only
 # while fewer than IN_SERVICE_LIMIT of its connections have a request in service or queued:
 # the rest wait in the listening socket's backlog for whichever process is free first, one
-# queue for all (16 clients, a new connection per request: p99 44-54 -> 40-44 ms, and a few
+# queue for all (16 clients, a new connection per request: p99 44-54 -> 38-41 ms, and a few
 # more requests a second; benchmarks/serve.py, docs/web.md). A process busy for
 # BUSY_DECLINE_LIMIT (kept-alive clients keeping every process busy, say) takes a new
 # connection, and the next only as long after it took that one: a new client waits about that
