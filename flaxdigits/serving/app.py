@@ -378,10 +378,12 @@ def _worker_main(workdir: str, fd: str, threads: str, parent: str, shares_fd: st
 # queue for all (16 clients, a new connection per request: p99 44-54 -> 38-41 ms, and a few
 # more requests a second; benchmarks/serve.py, docs/web.md). A process busy for
 # BUSY_DECLINE_LIMIT (kept-alive clients keeping every process busy, say) takes a new
-# connection, and the next only as long after it took that one: a new client waits about that
-# long at most, not until the others go quiet. (Taking every waiting one instead, a process once busy that
-# long held them all, up to 16, and was never free again: the p99 went back to 47-60 ms in a
-# third of the runs, and a stopped process took 7-9 connections down with it, against 1-2.)
+# connection, and the next only as long after it took that one (ConnectionShares.took): a new
+# client waits about that long at most, not until the others go quiet. (Taking every waiting
+# one instead, a process once busy that long held them all, up to 16, and was never free
+# again: the p99 went back to 47-60 ms in a third of the runs, and a stopped process took 7-9
+# connections down with it, against 1-2. Counting the limit from its last look instead of
+# its last taken connection, it spent the allowance with no one waiting.)
 SHARE_STALE = 1.0  # seconds: a process silent this long (stopped, hung) is left out
 DECLINED_POLL = 0.02  # seconds: how soon a process that declined looks again
 IN_SERVICE_LIMIT = 1
@@ -392,9 +394,9 @@ class ConnectionShares:
     """Slot k of a file that every serving process maps: (connections, time.monotonic() of
     its last look) of process k. Its `readable` wraps the waitress server's: the listening
     socket is polled only while this process holds no more connections than any other that
-    looked within SHARE_STALE (ties take turns by whoever polls first), and, until it has
-    been busy for BUSY_DECLINE_LIMIT, only while fewer than IN_SERVICE_LIMIT of its
-    connections have requests in service."""
+    looked within SHARE_STALE (ties take turns by whoever polls first), and only while fewer
+    than IN_SERVICE_LIMIT of its connections have requests in service, or none taken for
+    BUSY_DECLINE_LIMIT."""
 
     SLOT = struct.Struct("qd")
 
