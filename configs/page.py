@@ -18,7 +18,7 @@ Measured on the 2-core CPU with --config.data.dir=../shared/data/mnist (2026-12-
 of 180 each) and 596 of 600 single digits drawn as on the pad. Again on 2026-12-06, exactly
 as the README says (no --config.data.dir: MNIST fetched into the cache first, a cold
 compilation cache): test accuracy 0.9943, the line reader 484 s, the whole process 12 min
-35 s. Numbers read on the test strings: docs/reading.md. With the reading of 2026-12-06's
+35 s; again later that day in a fresh clone, 12 min 29 s (the line reader 489 s). Numbers read on the test strings: docs/reading.md. With the reading of 2026-12-06's
 last session (the line reader's shifted reads, reading.LINE_SHIFTS, and LineWeights chosen
 with them), that model: 2,492 of 2,580 validation numbers and digits (1,080 numbers, seed 7,
 and 1,500 single digits; 2,481 before), test numbers 0.973 / 0.973 / 0.880.
